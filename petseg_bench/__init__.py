@@ -1,0 +1,15 @@
+"""petseg-bench: robustness benchmark for pet segmentation (background / cat / dog)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("petseg-bench")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+CLASS_NAMES = ("background", "cat", "dog")
+N_CLASSES = len(CLASS_NAMES)
+
+from .hookspecs import hookimpl  # noqa: E402  (re-exported for plugin authors)
+
+__all__ = ["CLASS_NAMES", "N_CLASSES", "hookimpl", "__version__"]

@@ -1,0 +1,54 @@
+"""The hooks a petseg-bench plugin can implement.
+
+A plugin is any module or object registered under the ``petseg_bench`` entry-point
+group (built-ins use the same group). It implements hooks with::
+
+    from petseg_bench import hookimpl
+
+    @hookimpl
+    def petseg_bench_models():
+        return [ModelSpec(name="my_net", build=build_my_net)]
+
+Every hook returns a list of specs (see :mod:`petseg_bench.specs`); the harness merges
+the lists of all plugins. Names must be unique across plugins.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("petseg_bench")
+hookimpl = pluggy.HookimplMarker("petseg_bench")
+
+
+@hookspec
+def petseg_bench_models():
+    """Return a list of :class:`~petseg_bench.specs.ModelSpec`: segmentation models.
+
+    Each spec names the model, gives ``build(ModelConfig) -> torch.nn.Module``, the
+    inputs the model needs (``image``, ``point``, ``clip_image``), its CE/Dice loss
+    weights, its training phases (one, or e.g. reconstruction then segmentation for an
+    autoencoder) and its config defaults. The model trains with ``petseg-bench train``
+    and joins sweeps with no other change.
+    """
+
+
+@hookspec
+def petseg_bench_perturbations():
+    """Return a list of :class:`~petseg_bench.specs.PerturbationSpec`: image corruptions.
+
+    Each spec gives the ordered severity levels (level 0 is the clean image) with
+    their parameter values, and ``apply(images, value, rngs)``: a batched function over
+    uint8 RGB images at original resolution (sizes may differ), with one
+    ``numpy.random.Generator`` per image, deterministic for given generators.
+    """
+
+
+@hookspec
+def petseg_bench_metrics():
+    """Return a list of :class:`~petseg_bench.specs.MetricSpec`: evaluation metrics.
+
+    Each spec computes its value from 3x3 confusion matrices (per class, with NaN for a
+    class absent from the ground truth, or one scalar) and says whether higher is
+    better. The harness applies both reductions (dataset and seed) to every metric.
+    """

@@ -1,0 +1,208 @@
+"""Segmentation metrics: pure functions of confusion matrices first, accumulation second.
+
+A confusion matrix ``cm[t, p]`` counts pixels of ground-truth class ``t`` predicted as
+``p``. Per-image matrices are computed at the original mask resolution; every summary
+below derives from them, with two named reductions:
+
+- ``dataset``: sum the matrices over all images of the split, then score per class;
+- ``seed``: score each image, then for each class average over the images whose ground
+  truth contains that class (the seed study's ``robustness_test.py``), then average the
+  classes.
+
+A class absent from an image's ground truth is NaN in that image's per-class scores:
+left out, never counted as 0 or 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import CLASS_NAMES, N_CLASSES
+from .hookspecs import hookimpl
+from .specs import MetricSpec
+
+IGNORE = 255
+REDUCTIONS = ("dataset", "seed")
+
+
+# --- pure functions -----------------------------------------------------------------
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, n_classes: int = N_CLASSES,
+                     ignore_index: int = IGNORE) -> np.ndarray:
+    """The ``[C, C]`` int64 confusion matrix of one image; ``ignore_index`` pixels skipped."""
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and mask {target.shape} differ in shape")
+    t = target.reshape(-1).astype(np.int64)
+    p = pred.reshape(-1).astype(np.int64)
+    keep = t != ignore_index
+    if not keep.all():
+        t, p = t[keep], p[keep]
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def confusion_matrices(preds: Iterable[np.ndarray], targets: Iterable[np.ndarray],
+                       n_classes: int = N_CLASSES) -> np.ndarray:
+    """Stack of per-image confusion matrices ``[N, C, C]`` (images may differ in size)."""
+    mats = [confusion_matrix(p, t, n_classes) for p, t in zip(preds, targets, strict=True)]
+    return np.stack(mats) if mats else np.zeros((0, n_classes, n_classes), np.int64)
+
+
+def _parts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    gt = cm.sum(-1)  # pixels of each class in the ground truth
+    pr = cm.sum(-2)  # pixels predicted as each class
+    return tp, gt, pr, gt > 0
+
+
+def iou(cm: np.ndarray) -> np.ndarray:
+    """Per-class IoU ``tp / (gt + pred - tp)``; NaN where the class is not in the ground truth."""
+    tp, gt, pr, present = _parts(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present, tp / (gt + pr - tp), np.nan)
+
+
+def dice(cm: np.ndarray) -> np.ndarray:
+    """Per-class Dice ``2 tp / (gt + pred)``; NaN where the class is not in the ground truth."""
+    tp, gt, pr, present = _parts(cm)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present, 2 * tp / (gt + pr), np.nan)
+
+
+def pixel_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Fraction of (non-ignored) pixels predicted correctly."""
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum((-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.trace(cm, axis1=-2, axis2=-1) / total, np.nan)
+
+
+def reduce(spec: MetricSpec, cms: np.ndarray, reduction: str) -> np.ndarray:
+    """One metric over a split: per class ``[C]`` (per-class metrics) or a scalar."""
+    cms = np.asarray(cms)
+    if reduction == "dataset":
+        return np.asarray(spec.fn(cms.sum(0)), dtype=np.float64)
+    if reduction == "seed":
+        scores = np.asarray(spec.fn(cms), dtype=np.float64)  # [N, C] or [N]
+        if scores.size == 0 or np.isnan(scores).all(axis=0).all():
+            return np.full(scores.shape[1:], np.nan)
+        with np.errstate(invalid="ignore"):
+            return _nanmean(scores, axis=0)
+    raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+
+
+def mean_over_classes(values: np.ndarray) -> float:
+    """Class mean that leaves out classes with no score (absent from the ground truth)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(_nanmean(values, axis=-1)) if values.ndim else float(values)
+
+
+def bootstrap_ci(spec: MetricSpec, cms: np.ndarray, reduction: str, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI over images for the class-mean (or scalar) metric.
+
+    Resampling is done with multinomial image counts, so each replicate is a weighted
+    sum of the per-image matrices (dataset) or per-image scores (seed): no Python loop
+    over replicates.
+    """
+    cms = np.asarray(cms, dtype=np.float64)
+    n = len(cms)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # [B, N]
+    if reduction == "dataset":
+        values = np.asarray(spec.fn(np.einsum("bn,nij->bij", counts, cms)), dtype=np.float64)
+    else:
+        scores = np.asarray(spec.fn(cms), dtype=np.float64)
+        if scores.ndim == 1:
+            scores = scores[:, None]
+        valid = ~np.isnan(scores)
+        weight = counts @ valid  # [B, C]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = (counts @ np.where(valid, scores, 0.0)) / weight
+        if not spec.per_class:
+            values = values[:, 0]
+    if spec.per_class:
+        values = _nanmean(values, axis=-1)
+    lo, hi = np.nanpercentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return (float(lo), float(hi))
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    valid = ~np.isnan(values)
+    count = valid.sum(axis=axis)
+    total = np.where(valid, values, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def summarize(cms: np.ndarray, metrics: Mapping[str, MetricSpec], n_boot: int = 0,
+              seed: int = 0) -> dict:
+    """Every metric under both reductions, as a JSON-ready dict.
+
+    ``{"dataset": {"iou": {"per_class": {...}, "mean": x, "ci95": [lo, hi]}, ...},
+    "seed": {...}, "n_images": N}``; ``ci95`` only when ``n_boot > 0``.
+    """
+    out: dict = {"n_images": int(len(cms))}
+    for reduction in REDUCTIONS:
+        block = {}
+        for name, spec in metrics.items():
+            value = reduce(spec, cms, reduction)
+            entry: dict = {}
+            if spec.per_class:
+                entry["per_class"] = {c: _num(v) for c, v in zip(CLASS_NAMES, value)}
+                entry["mean"] = _num(mean_over_classes(value))
+            else:
+                entry["mean"] = _num(float(value))
+            if n_boot > 0:
+                entry["ci95"] = [_num(v) for v in bootstrap_ci(spec, cms, reduction, n_boot, seed)]
+            block[name] = entry
+        out[reduction] = block
+    return out
+
+
+def _num(v: float) -> float | None:
+    v = float(v)
+    return None if np.isnan(v) else round(v, 6)
+
+
+# --- state accumulation -----------------------------------------------------------------
+
+@dataclass
+class ConfusionAccumulator:
+    """Collects per-image confusion matrices (with image ids) batch after batch."""
+
+    n_classes: int = N_CLASSES
+    ids: list[str] = field(default_factory=list)
+    mats: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, ids: Sequence[str], preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> None:
+        for i, p, t in zip(ids, preds, targets, strict=True):
+            self.ids.append(i)
+            self.mats.append(confusion_matrix(p, t, self.n_classes))
+
+    def matrices(self) -> np.ndarray:
+        if not self.mats:
+            return np.zeros((0, self.n_classes, self.n_classes), np.int64)
+        return np.stack(self.mats)
+
+    def summary(self, metrics: Mapping[str, MetricSpec], n_boot: int = 0, seed: int = 0) -> dict:
+        return summarize(self.matrices(), metrics, n_boot, seed)
+
+
+# --- the built-in metric plugin ---------------------------------------------------------
+
+BUILTIN_METRICS = (
+    MetricSpec("iou", iou, per_class=True, description="intersection over union; mean over classes = mIoU"),
+    MetricSpec("dice", dice, per_class=True, description="Dice / F1 overlap; mean over classes = mDice"),
+    MetricSpec("pixel_accuracy", pixel_accuracy, per_class=False, description="fraction of pixels correct"),
+)
+
+
+@hookimpl
+def petseg_bench_metrics():
+    return list(BUILTIN_METRICS)

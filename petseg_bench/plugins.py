@@ -1,0 +1,134 @@
+"""The plugin manager and the registry of models, perturbations and metrics.
+
+Built-in plugins are found exactly like third-party ones: through the ``petseg_bench``
+entry-point group of the installed distributions. The core never imports a model by
+name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .specs import MetricSpec, ModelSpec, PerturbationSpec
+
+GROUP = "petseg_bench"
+
+#: hook name -> (kind shown to users, spec class)
+KINDS: dict[str, tuple[str, type]] = {
+    "petseg_bench_models": ("model", ModelSpec),
+    "petseg_bench_perturbations": ("perturbation", PerturbationSpec),
+    "petseg_bench_metrics": ("metric", MetricSpec),
+}
+
+
+@dataclass
+class Registry:
+    """Every valid spec by kind and name, plus one line per plugin problem."""
+
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    perturbations: dict[str, PerturbationSpec] = field(default_factory=dict)
+    metrics: dict[str, MetricSpec] = field(default_factory=dict)
+    origins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> plugin
+    problems: list[str] = field(default_factory=list)
+
+    def table(self, kind: str) -> dict[str, Any]:
+        return {"model": self.models, "perturbation": self.perturbations, "metric": self.metrics}[kind]
+
+    def select(self, kind: str, pattern: str) -> list[str]:
+        """Names of ``kind`` matching ``pattern``: exact names, ``fnmatch`` wildcards
+        (``clip*``) or ``all``, comma-separated. Unknown names raise one clear line."""
+        table = self.table(kind)
+        chosen: list[str] = []
+        for part in [p.strip() for p in pattern.split(",") if p.strip()]:
+            if part == "all":
+                hits = sorted(table)
+            else:
+                hits = sorted(n for n in table if fnmatch.fnmatchcase(n, part))
+            if not hits:
+                self.get(kind, part)  # raises the one-line "unknown ..." error
+            chosen += [h for h in hits if h not in chosen]
+        if not chosen:
+            raise PluginError(f"no {kind} selected by {pattern!r}")
+        return chosen
+
+    def get(self, kind: str, name: str) -> Any:
+        """The spec of ``kind`` called exactly ``name``."""
+        table = self.table(kind)
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none installed"
+            raise PluginError(f"unknown {kind} {name!r}; available: {known}")
+        return table[name]
+
+
+def make_manager(entry_points: Iterable[importlib.metadata.EntryPoint] | None = None) -> tuple[pluggy.PluginManager, list[str]]:
+    """A plugin manager with every loadable ``petseg_bench`` entry point registered.
+
+    pluggy's ``load_setuptools_entrypoints`` stops at the first plugin that fails to
+    import; here each entry point is loaded on its own so that one broken plugin costs
+    one message and nothing else.
+    """
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    problems: list[str] = []
+    eps = importlib.metadata.entry_points(group=GROUP) if entry_points is None else entry_points
+    seen: set[str] = set()
+    for ep in sorted(eps, key=lambda e: e.name):
+        if ep.name in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(ep.name)
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported, not raised
+            problems.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {_one_line(exc)}")
+    return pm, problems
+
+
+def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) -> Registry:
+    reg = Registry(problems=list(problems or []))
+    for hook_name, (kind, spec_cls) in KINDS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            plugin = impl.plugin_name
+            try:
+                specs = impl.function()
+            except Exception as exc:  # noqa: BLE001
+                reg.problems.append(f"plugin {plugin!r}: {hook_name}() raised {type(exc).__name__}: {_one_line(exc)}")
+                continue
+            for spec in specs or []:
+                label = getattr(spec, "name", repr(spec))
+                try:
+                    if not isinstance(spec, spec_cls):
+                        raise ValueError(f"expected {spec_cls.__name__}, got {type(spec).__name__}")
+                    spec.validate()
+                except Exception as exc:  # noqa: BLE001
+                    reg.problems.append(f"plugin {plugin!r}: invalid {kind} spec {label!r}: {_one_line(exc)}")
+                    continue
+                table = reg.table(kind)
+                if spec.name in table:
+                    first = reg.origins[(kind, spec.name)]
+                    reg.problems.append(f"plugin {plugin!r}: {kind} {spec.name!r} already provided by {first!r}; ignored")
+                    continue
+                table[spec.name] = spec
+                reg.origins[(kind, spec.name)] = plugin
+    return reg
+
+
+@functools.lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The process-wide registry of installed plugins (loaded once)."""
+    pm, problems = make_manager()
+    return build_registry(pm, problems)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else "(no message)"

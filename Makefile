@@ -1,0 +1,40 @@
+# Two entry points: `make demo` (the main job, end to end) and `make test`.
+# Each bootstraps its own virtual environment in .venv from nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The torch build that works with torchvision (which open_clip needs) on this machine.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# The demo's output folder.
+OUT    ?= runs/demo
+
+# Never stall on hub or update checks: there is no model hub here, and weights
+# are passed as local files.
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: venv demo test test-fast clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# The main job on $PETSEG_DATA, or on the official release downloaded to the cache.
+demo: venv
+	@if [ -z "$$PETSEG_DATA" ]; then $(BIN)/petseg-bench data download; fi
+	$(BIN)/petseg-bench data prepare
+	$(BIN)/petseg-bench data check
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

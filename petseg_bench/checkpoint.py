@@ -1,0 +1,64 @@
+"""Checkpoints: weights plus everything needed to rebuild, resume and trace a model.
+
+One ``.pt`` file holding only tensors and plain data (dicts, lists, numbers, strings),
+loaded with ``torch.load(weights_only=True)``: a file carrying pickled objects is
+refused and nothing in it runs. Writes go to a temporary file that is renamed over the
+old one, so a crash while saving never destroys the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import PetsegError
+
+FORMAT = "petseg-bench-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
+    """The checkpoint's dict, or one clear line saying why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise PetsegError(f"checkpoint {path} not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "WeightsUnpickler" in str(exc):
+            raise PetsegError(f"checkpoint {path} holds pickled Python objects; refused "
+                              "(only tensors and plain data are loaded)") from None
+        raise PetsegError(f"checkpoint {path} is corrupt ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise PetsegError(f"checkpoint {path} is truncated or corrupt ({_first_line(exc)})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise PetsegError(f"{path} is not a petseg-bench checkpoint")
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise PetsegError(f"checkpoint {path} has format {data['format_version']}; this petseg-bench reads up to {FORMAT_VERSION}")
+    if expect_model is not None and data.get("model") != expect_model:
+        raise PetsegError(f"checkpoint {path} is for model {data.get('model')!r}, not {expect_model!r}")
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:160]

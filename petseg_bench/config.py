@@ -1,0 +1,127 @@
+"""Training configuration and profiles (data, not code paths)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PetsegError
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+SCHEDULERS = ("cosine", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of the one training loop; stored in each checkpoint."""
+
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"  # CosineAnnealingWarmRestarts, restarting every `restart_epochs`
+    restart_epochs: int = 10
+    class_weights: tuple[float, float, float] = (0.3, 2.2, 0.8)
+    val_fraction: float = 0.1
+    ce_weight: float | None = None  # None: the model's own default
+    dice_weight: float | None = None
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    precision: str = "auto"
+    device: str = "auto"
+    patience: int = 10  # epochs without a better validation mIoU before stopping; 0 disables
+    seed: int = 0
+    limit: int | None = None  # train on a fixed seeded subset of this many trainval images
+    val_limit: int | None = None
+    workers: int = 1
+    void: str = "nearest"
+
+    def validate(self) -> None:
+        def bad(option: str, why: str) -> PetsegError:
+            return PetsegError(f"--{option.replace('_', '-')} {why}")
+
+        if self.epochs < 1:
+            raise bad("epochs", f"must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise bad("lr", f"must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.restart_epochs < 1:
+            raise bad("restart_epochs", f"must be >= 1, got {self.restart_epochs}")
+        if len(self.class_weights) != 3 or any(w < 0 for w in self.class_weights):
+            raise bad("class_weights", f"needs three non-negative numbers, got {self.class_weights}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise bad("val_fraction", f"must be strictly between 0 and 1, got {self.val_fraction}")
+        for name in ("ce_weight", "dice_weight"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise bad(name, f"must be >= 0, got {value}")
+        if self.grad_clip < 0:
+            raise bad("grad_clip", f"must be >= 0, got {self.grad_clip}")
+        if self.patience < 0:
+            raise bad("patience", f"must be >= 0, got {self.patience}")
+        for name in ("limit", "val_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise bad(name, f"must be >= 2, got {value}")
+        if self.workers < 0:
+            raise bad("workers", f"must be >= 0, got {self.workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["class_weights"] = list(self.class_weights)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "class_weights" in values:
+            values["class_weights"] = tuple(values["class_weights"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Named defaults for both the training loop and the model; explicit options win."""
+
+    name: str
+    description: str
+    train: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(
+        "paper", "the seed study's settings: 256 px, 64 base channels, 100 epochs, batch 16",
+        train={"epochs": 100, "batch_size": 16, "lr": 1e-4, "patience": 10},
+        model={"in_size": 256, "base_channels": 64},
+    ),
+    "quick": Profile(
+        "quick", "CPU minutes: 96 px, 16 base channels, 240 training images, 6 epochs, lr 1e-3",
+        train={"epochs": 6, "batch_size": 16, "lr": 1e-3, "limit": 240, "val_limit": 60,
+               "patience": 0, "restart_epochs": 6},
+        model={"in_size": 96, "base_channels": 16, "latent_dim": 256, "heatmap_sigma": 4.0,
+               "clip_model": "petseg-tiny-vit", "clip_pretrained": "none"},
+    ),
+}
+
+
+def resolve(profile: str, train_overrides: dict[str, Any], model_overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """The TrainConfig and model-config overrides for ``profile`` with explicit options on top
+    (None means "not given")."""
+    if profile not in PROFILES:
+        raise PetsegError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    p = PROFILES[profile]
+    train = {**p.train, **{k: v for k, v in train_overrides.items() if v is not None}}
+    model = {**p.model, **{k: v for k, v in model_overrides.items() if v is not None}}
+    cfg = TrainConfig.from_dict(train)
+    cfg.validate()
+    return cfg, model

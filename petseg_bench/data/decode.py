@@ -1,0 +1,123 @@
+"""Decode and clean one sample: RGB image, 0/1/2 label, void filled or kept as 255.
+
+Problems raise :class:`SampleError` with a one-line reason; the caller drops the sample
+and lists it, so one bad file never stops the others.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+VOID = 255
+VOID_MODES = ("nearest", "ignore")
+TRIMAP_VALUES = {1, 2, 3}  # 1 pet, 2 background, 3 border / unclassified
+PROCESSED_VALUES = {0, 1, 2, VOID}
+
+
+class SampleError(Exception):
+    """One sample cannot be used; the message is the reason, ``file`` says which file
+    ("image" or "mask") it concerns."""
+
+    def __init__(self, reason: str, file: str = "image"):
+        super().__init__(reason)
+        self.file = file
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Any image content (JPEG, PNG, GIF, ... whatever the extension says) as HxWx3 uint8.
+
+    Grey, palette, RGBA and CMYK images are converted to RGB (alpha dropped, as the
+    seed did). A truncated or corrupt file raises SampleError.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # forces a full decode: a truncated JPEG fails here
+                if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA").convert("RGB")  # drop alpha, keep colours
+                elif im.mode != "RGB":
+                    im = im.convert("RGB")
+                return np.asarray(im, dtype=np.uint8).copy()
+    except UnidentifiedImageError:
+        raise SampleError("not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise SampleError(f"truncated or corrupt image ({_short(exc)})") from None
+
+
+def load_mask(path: Path, layout: str, species: int) -> np.ndarray:
+    """The label map HxW uint8: 0 background, 1 cat, 2 dog, 255 void.
+
+    Official trimaps: 1 pet (-> the species' class), 2 background, 3 void. Processed
+    labels are already 0/1/2/255. Values outside the layout's set raise SampleError.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except UnidentifiedImageError:
+        raise SampleError("mask is not an image file PIL can read", "mask") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise SampleError(f"mask unreadable ({_short(exc)})", "mask") from None
+    if arr.ndim == 3:  # an RGB-saved mask: usable only if its channels agree
+        if not (arr[..., :1] == arr[..., : min(arr.shape[2], 3)]).all():
+            raise SampleError(f"mask has {arr.shape[2]} differing channels; expected a single-channel label map", "mask")
+        arr = arr[..., 0]
+    arr = arr.astype(np.uint8, copy=False)
+    values = set(np.unique(arr).tolist())
+    allowed = TRIMAP_VALUES if layout == "official" else PROCESSED_VALUES
+    if not values <= allowed:
+        bad = sorted(values - allowed)
+        raise SampleError(f"mask values {bad[:6]} outside the {layout} layout's set {sorted(allowed)}", "mask")
+    if layout == "official":
+        if species not in (1, 2):
+            raise SampleError(f"species {species} unknown (list.txt gives 1 cat or 2 dog)", "mask")
+        label = np.zeros(arr.shape, np.uint8)
+        label[arr == 1] = species
+        label[arr == 3] = VOID
+        return label
+    return arr.copy()
+
+
+def fill_void(label: np.ndarray, mode: str = "nearest") -> np.ndarray:
+    """Void pixels take the class of the nearest valid pixel ("nearest", the seed's
+    choice) or stay 255 and are ignored by losses and metrics ("ignore")."""
+    if mode == "ignore":
+        return label
+    if mode != "nearest":
+        raise ValueError(f"void mode must be one of {VOID_MODES}, got {mode!r}")
+    void = label == VOID
+    if not void.any():
+        return label
+    if void.all():
+        raise SampleError("mask is entirely void", "mask")
+    # Indices of the nearest non-void pixel for every pixel (Euclidean).
+    idx = ndimage.distance_transform_edt(void, return_distances=False, return_indices=True)
+    return label[tuple(idx)]
+
+
+def load_sample(image_path: Path, mask_path: Path, layout: str, species: int,
+                void: str = "nearest") -> tuple[np.ndarray, np.ndarray, int]:
+    """Decoded RGB image, cleaned label, and the species (read off the mask when the
+    layout has no list). Raises SampleError with the reason the sample must go."""
+    image = load_rgb(image_path)
+    raw = load_mask(mask_path, layout, species)
+    if image.shape[:2] != raw.shape:
+        raise SampleError(f"image is {image.shape[1]}x{image.shape[0]} but mask is {raw.shape[1]}x{raw.shape[0]}")
+    fg = (raw == 1) | (raw == 2)
+    if not fg.any():
+        raise SampleError("mask has no foreground (no cat or dog pixel)", "mask")
+    if layout != "official":
+        has_cat, has_dog = bool((raw == 1).any()), bool((raw == 2).any())
+        species = 1 if has_cat and not has_dog else 2 if has_dog and not has_cat else 0
+    return image, fill_void(raw, void), species
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:120]

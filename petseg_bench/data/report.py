@@ -1,0 +1,61 @@
+"""``petseg-bench data check``: what is in a data folder and what was dropped, and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from .. import CLASS_NAMES
+from .cache import PreparedSplit, prepare_all
+from .layout import detect_layout
+
+SPECIES = {1: "cat", 2: "dog"}
+
+
+def split_stats(sp: PreparedSplit) -> dict:
+    counts = np.bincount(sp.labels_flat, minlength=256) if len(sp) else np.zeros(256, np.int64)
+    total = max(int(counts.sum()), 1)
+    h, w = (sp.shapes[:, 0], sp.shapes[:, 1]) if len(sp) else (np.zeros(1), np.zeros(1))
+    return {
+        "usable": len(sp),
+        "cats": int((sp.species == 1).sum()),
+        "dogs": int((sp.species == 2).sum()),
+        "dropped": len(sp.dropped),
+        "absent": len(sp.absent),
+        "pixels": {**{c: int(counts[i]) for i, c in enumerate(CLASS_NAMES)}, "void": int(counts[255])},
+        "fractions": {**{c: counts[i] / total for i, c in enumerate(CLASS_NAMES)}, "void": counts[255] / total},
+        "height": (int(h.min()), int(np.median(h)), int(h.max())),
+        "width": (int(w.min()), int(np.median(w)), int(w.max())),
+    }
+
+
+def check_report(root: Path, void: str = "nearest", cache_dir: Path | None = None) -> tuple[str, bool]:
+    """The report text and whether the data is usable (every split has usable images)."""
+    layout = detect_layout(root)
+    splits = prepare_all(root, void=void, cache_dir=cache_dir)
+    stats = {name: split_stats(sp) for name, sp in splits.items()}
+    lines = [f"data root: {root} ({layout} layout), void pixels: {void}", ""]
+    lines.append(tabulate(
+        [[n, s["cats"], s["dogs"], s["usable"], s["dropped"], s["absent"]] for n, s in stats.items()],
+        headers=["split", "cats", "dogs", "usable", "dropped", "listed, not on disk"]))
+    for name, sp in splits.items():
+        if sp.absent:
+            lines.append(f"{name}: {len(sp.absent)} names in the split file have neither image nor mask on disk "
+                         f"(a partial copy?), e.g. {', '.join(sp.absent[:3])}")
+    dropped = [(name, d) for name, sp in splits.items() for d in sp.dropped]
+    lines += ["", f"dropped ({len(dropped)}):" if dropped else "dropped: none"]
+    lines += [f"  [{name}] {d.line()}" for name, d in dropped]
+    lines += ["", "label histogram (share of pixels):"]
+    keys = list(CLASS_NAMES) + (["void"] if void == "ignore" else [])
+    lines.append(tabulate([[n] + [f"{s['fractions'][k]:.1%}" for k in keys] for n, s in stats.items()],
+                          headers=["split"] + keys))
+    lines += ["", "image size (min / median / max):"]
+    lines.append(tabulate([[n, "/".join(map(str, s["height"])), "/".join(map(str, s["width"]))] for n, s in stats.items()],
+                          headers=["split", "height", "width"]))
+    usable = all(s["usable"] > 0 for s in stats.values())
+    if not usable:
+        empty = [n for n, s in stats.items() if s["usable"] == 0]
+        lines += ["", f"unusable: no usable image in {', '.join(empty)}"]
+    return "\n".join(lines), usable

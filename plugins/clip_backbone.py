@@ -1,0 +1,230 @@
+"""The frozen CLIP image encoder shared by the CLIP models (through open_clip).
+
+``load_clip(model_name, pretrained)`` returns a :class:`ClipEncoder` that wraps only
+the visual tower, frozen and always in eval mode. ``pretrained`` is one of:
+
+* an open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``...): downloaded, or
+  taken from the Hugging Face cache; with no internet an uncached tag raises a one-line
+  :class:`~petseg_bench.errors.PetsegError` saying how to pass a local file;
+* a path to a local weights file (``.bin``/``.pt``/``.pth`` read with
+  ``torch.load(weights_only=True)``, or ``.safetensors``): a full open_clip / OpenAI
+  CLIP state dict, or one of the visual tower alone;
+* ``none``: random initialisation, made deterministic (seed 0) so that every process
+  builds the same random backbone. Results with it are not results with CLIP.
+
+Loaded encoders are cached per ``(model_name, pretrained)``: the three CLIP models of
+one process share one backbone instance (and one device/dtype: moving one model moves
+the backbone of the others).
+
+This module registers the tiny architecture ``petseg-tiny-vit`` (plugins/clip_configs/)
+with open_clip at import: a 2-layer, width-64 ViT with 64-d embeddings for tests and
+quick CPU profiles (with ``none`` only: no pretrained weights exist for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from petseg_bench.errors import PetsegError
+
+#: CLIP's own preprocessing (the OpenAI constants; the models here use them at 224 px).
+CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_DATASET_MEAN)  # type: ignore[assignment]
+CLIP_STD: tuple[float, float, float] = tuple(OPENAI_DATASET_STD)  # type: ignore[assignment]
+CLIP_SIZE = 224
+
+#: The tiny architecture shipped for tests and quick profiles.
+TINY_CLIP_MODEL = "petseg-tiny-vit"
+CONFIG_DIR = Path(__file__).resolve().parent / "clip_configs"
+
+NONE_VALUES = ("none", "random", "")
+NONE_SEED = 0
+_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors")
+
+_CACHE: dict[tuple[str, str], "ClipEncoder"] = {}
+_LOCK = threading.Lock()
+
+
+def _register_configs() -> None:
+    if CONFIG_DIR.is_dir() and TINY_CLIP_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+_register_configs()
+
+
+class ClipEncoder(nn.Module):
+    """CLIP's visual tower, frozen: ``forward(clip_image [B,3,224,224]) -> [B, embed_dim]``.
+
+    Parameters have ``requires_grad=False`` and the module stays in eval mode even when
+    a parent calls ``.train()``. ``key`` (``"model:pretrained"``) identifies the
+    backbone so that a sweep can compute features once for every model sharing it.
+    """
+
+    def __init__(self, visual: nn.Module, model_name: str, pretrained: str):
+        super().__init__()
+        self.visual = visual
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.key = f"{model_name}:{pretrained}"
+        self.random_init = pretrained.strip().lower() in NONE_VALUES
+        self.embed_dim = int(getattr(visual, "output_dim", 0) or 0)
+        pp = getattr(visual, "preprocess_cfg", None) or {}
+        size = pp.get("size", getattr(visual, "image_size", CLIP_SIZE))
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean = tuple(pp.get("mean", CLIP_MEAN))
+        self.std = tuple(pp.get("std", CLIP_STD))
+        for p in self.visual.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+        if not self.embed_dim:  # towers without output_dim: measure it once
+            probe = torch.zeros(1, 3, self.image_size, self.image_size)
+            self.embed_dim = int(self.forward(probe).shape[-1])
+
+    def train(self, mode: bool = True) -> "ClipEncoder":  # noqa: ARG002 - frozen: always eval
+        return super().train(False)
+
+    def forward(self, clip_image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            param = next(self.visual.parameters())
+            if not torch.is_autocast_enabled(clip_image.device.type):
+                clip_image = clip_image.to(param.dtype)
+            feats = self.visual(clip_image)
+            if isinstance(feats, (tuple, list)):  # towers that also return tokens
+                feats = feats[0]
+        return feats
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}, embed_dim={self.embed_dim}, frozen"
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Drop open_clip's root-logger chatter ("No pretrained weights loaded...") for one call."""
+
+    def _filter(record: logging.LogRecord) -> bool:
+        return "open_clip" not in (record.pathname or "")
+
+    root = logging.getLogger()
+    root.addFilter(_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(_filter)
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        os.sep in value
+        or "/" in value
+        or value.startswith((".", "~"))
+        or value.lower().endswith(_WEIGHT_SUFFIXES)
+    )
+
+
+def _create(model_name: str, **kwargs) -> nn.Module:
+    with _quiet_open_clip():
+        return open_clip.create_model(model_name, pretrained=None, **kwargs)
+
+
+def _load_file(model: nn.Module, model_name: str, path: str) -> None:
+    """Load a full CLIP state dict (or a visual-only one) from ``path``, safely."""
+    try:
+        with _quiet_open_clip():
+            open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+        return
+    except Exception as full_exc:  # noqa: BLE001 - try the visual-only layout next
+        first = full_exc
+    try:
+        from open_clip.factory import load_state_dict
+
+        state = load_state_dict(path, weights_only=True)
+        if any(k.startswith("visual.") for k in state):
+            state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+        model.visual.load_state_dict(state, strict=True)
+    except Exception:  # noqa: BLE001
+        raise PetsegError(
+            f"could not load CLIP weights for {model_name} from {path}: {type(first).__name__}: {_one_line(first)}"
+        ) from first
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _build(model_name: str, pretrained: str) -> ClipEncoder:
+    known = open_clip.list_models()
+    if model_name not in known:
+        sample = [m for m in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50", TINY_CLIP_MODEL) if m in known]
+        raise PetsegError(
+            f"unknown CLIP model {model_name!r}; open_clip has {len(known)} architectures, e.g. {', '.join(sample)}"
+        )
+    value = pretrained.strip()
+    if value.lower() in NONE_VALUES:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(NONE_SEED)
+            model = _create(model_name)
+        return ClipEncoder(model.visual, model_name, pretrained)
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if value in tags:
+        cfg = open_clip.get_pretrained_cfg(model_name, value)
+        hint = f" with --clip-model {model_name}-quickgelu" if cfg.get("quick_gelu") and not model_name.endswith("quickgelu") else ""
+        try:
+            with _quiet_open_clip():
+                open_clip.download_pretrained(cfg)
+        except Exception as exc:  # noqa: BLE001 - offline, no cache, HTTP error...
+            raise PetsegError(
+                f"the CLIP weights for {model_name} tag {value!r} could not be fetched (offline and not cached: "
+                f"{type(exc).__name__}); download open_clip_pytorch_model.bin elsewhere and pass "
+                f"--clip-pretrained /path/to/open_clip_pytorch_model.bin{hint}, or --clip-pretrained none for random init"
+            ) from exc
+        try:
+            with _quiet_open_clip():
+                model = open_clip.create_model(
+                    model_name, pretrained=value, force_quick_gelu=bool(cfg.get("quick_gelu", False))
+                )
+        except Exception as exc:  # noqa: BLE001
+            raise PetsegError(f"could not load CLIP {model_name} tag {value!r}: {_one_line(exc)}") from exc
+        return ClipEncoder(model.visual, model_name, pretrained)
+
+    path = os.path.expanduser(value)
+    if os.path.isfile(path):
+        model = _create(model_name)
+        _load_file(model, model_name, path)
+        return ClipEncoder(model.visual, model_name, pretrained)
+    if _looks_like_path(value):
+        raise PetsegError(f"CLIP weights file not found: {path}")
+    shown = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "") if tags else "none published"
+    raise PetsegError(
+        f"unknown CLIP pretrained tag {value!r} for {model_name} (tags: {shown}); "
+        "pass a tag, a local weights file, or 'none'"
+    )
+
+
+def load_clip(model_name: str, pretrained: str) -> ClipEncoder:
+    """The frozen visual tower of ``model_name`` with ``pretrained`` weights (cached per pair)."""
+    key = (model_name, str(pretrained))
+    with _LOCK:
+        enc = _CACHE.get(key)
+        if enc is None:
+            enc = _build(model_name, str(pretrained))
+            _CACHE[key] = enc
+        return enc
+
+
+def clear_cache() -> None:
+    """Forget the cached encoders (tests; or to free memory)."""
+    with _LOCK:
+        _CACHE.clear()

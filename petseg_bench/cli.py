@@ -144,5 +144,105 @@ def data_download(dest: str | None, base_url: str | None) -> None:
     click.echo(f"use it with: export PETSEG_DATA={path}")
 
 
+def _floats(text: str | None, option: str, n: int) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise PetsegError(f"{option} needs {n} comma-separated numbers, got {text!r}") from None
+    if len(values) != n:
+        raise PetsegError(f"{option} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+@main.command()
+@click.argument("model")
+@click.option("--profile", default="paper", show_default=True, help="paper (the seed's settings) or quick (CPU minutes).")
+@data_root_option
+@cache_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
+              help="Checkpoints go to OUT/<model>/{best,last}.pt with metrics.jsonl.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/<model>/last.pt.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--weight-decay", type=float)
+@click.option("--optimizer", type=str, help="adamw (default), adam, sgd, rmsprop")
+@click.option("--scheduler", type=str, help="cosine (warm restarts, default) or none")
+@click.option("--restart-epochs", type=int, help="Epochs per cosine warm-restart cycle.")
+@click.option("--class-weights", type=str, help="Cross-entropy weights background,cat,dog (default 0.3,2.2,0.8).")
+@click.option("--val-fraction", type=float)
+@click.option("--ce-weight", type=float, help="Cross-entropy loss weight (default: the model's).")
+@click.option("--dice-weight", type=float, help="Dice loss weight (default: the model's).")
+@click.option("--grad-clip", type=float, help="Max gradient norm; 0 disables.")
+@click.option("--precision", type=str, help="auto (bf16 where the hardware has it), fp32 or bf16")
+@click.option("--device", type=str, help="auto, cpu, cuda, cuda:N")
+@click.option("--patience", type=int, help="Early stopping patience in epochs; 0 disables.")
+@click.option("--seed", type=int)
+@click.option("--limit", type=int, help="Train on a fixed seeded subset of N trainval images.")
+@click.option("--val-limit", type=int, help="Validate on a fixed seeded subset of N images.")
+@click.option("--workers", type=int, help="Data-loading worker processes.")
+@void_option
+@click.option("--in-size", type=int, help="Input size in pixels (multiple of 16).")
+@click.option("--base-channels", type=int)
+@click.option("--dropout", type=float)
+@click.option("--upsample", type=click.Choice(["bilinear", "transposed"]), default=None)
+@click.option("--fuse-clip", type=click.Choice(["add", "replace"]), default=None)
+@click.option("--freeze-encoder/--finetune-encoder", default=None, help="Autoencoder stage 2.")
+@click.option("--latent-dim", type=int)
+@click.option("--heatmap-sigma", type=float, help="Click heatmap sigma in input pixels.")
+@click.option("--clip-model", type=str, help="open_clip model name (default ViT-B-32).")
+@click.option("--clip-pretrained", type=str, help="open_clip tag, a local weights file, or none.")
+@click.option("--wandb", is_flag=True, help="Log to Weights & Biases (offline unless WANDB_MODE says otherwise).")
+def train(model, profile, data_root, cache_dir, out_dir, resume, void, upsample, wandb, **opts):
+    """Train MODEL (a name from `petseg-bench list`)."""
+    from .config import resolve
+    from .training import train as run_training
+
+    model_keys = ("in_size", "base_channels", "dropout", "fuse_clip", "freeze_encoder", "latent_dim",
+                  "heatmap_sigma", "clip_model", "clip_pretrained")
+    model_over = {k: opts.pop(k) for k in model_keys}
+    if upsample is not None:
+        model_over["bilinear"] = upsample == "bilinear"
+    opts["class_weights"] = _floats(opts["class_weights"], "--class-weights", 3)
+    opts["void"] = void
+    cfg, model_over = resolve(profile, opts, model_over)
+    root = resolve_data_root(data_root)
+    result = run_training(model, cfg, model_over, root, Path(out_dir), resume=resume,
+                          cache_dir=Path(cache_dir) if cache_dir else None, progress=sys.stderr.isatty(),
+                          log=lambda m: click.echo(m, err=True), wandb=wandb)
+    click.echo(f"{model}: best validation mIoU {result.best_val_miou:.4f} (all-background baseline "
+               f"{result.baseline_val_miou:.4f}) after {result.epochs_run} epochs, {result.images_per_s:.1f} train img/s")
+    click.echo(f"checkpoint: {result.best_path}")
+
+
+@main.command()
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
+@data_root_option
+@cache_option
+@click.option("--limit", type=int, default=None, help="Evaluate a fixed seeded subset of N test images.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--bootstrap", type=click.IntRange(0, 100000), default=1000, show_default=True,
+              help="Bootstrap replicates for 95% CIs (0: none).")
+@click.option("--precision", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON output (default: CHECKPOINT with .test.json).")
+def evaluate(checkpoint_path, data_root, cache_dir, limit, batch_size, bootstrap, precision, device, out_file):
+    """Test-split metrics of a checkpoint at the original mask resolution, both reductions."""
+    from .evaluation import evaluate_checkpoint, format_summary
+
+    result = evaluate_checkpoint(Path(checkpoint_path), resolve_data_root(data_root),
+                                 cache_dir=Path(cache_dir) if cache_dir else None, limit=limit,
+                                 batch_size=batch_size, n_boot=bootstrap, precision=precision, device=device)
+    out = Path(out_file) if out_file else Path(checkpoint_path).with_suffix(".test.json")
+    from .io import write_json_atomic
+
+    write_json_atomic(out, result)
+    click.echo(format_summary(result))
+    click.echo(f"written: {out}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

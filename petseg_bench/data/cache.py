@@ -138,6 +138,8 @@ def _build(listing: SplitListing, folder: Path, void: str, workers: int, progres
             "absent": listing.absent,
         }
         (tmp / "index.json").write_text(json.dumps(index))
+        if folder.exists() and not (folder / "index.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a broken leftover (no index): replace it
         if folder.exists():  # a concurrent prepare finished first
             shutil.rmtree(tmp)
         else:

@@ -68,12 +68,13 @@ def load_mask(path: Path, layout: str, species: int) -> np.ndarray:
         if not (arr[..., :1] == arr[..., : min(arr.shape[2], 3)]).all():
             raise SampleError(f"mask has {arr.shape[2]} differing channels; expected a single-channel label map", "mask")
         arr = arr[..., 0]
-    arr = arr.astype(np.uint8, copy=False)
+    # Check the values before narrowing to uint8: a 16-bit 257 must not pass as 1.
     values = set(np.unique(arr).tolist())
     allowed = TRIMAP_VALUES if layout == "official" else PROCESSED_VALUES
     if not values <= allowed:
         bad = sorted(values - allowed)
         raise SampleError(f"mask values {bad[:6]} outside the {layout} layout's set {sorted(allowed)}", "mask")
+    arr = arr.astype(np.uint8, copy=False)
     if layout == "official":
         if species not in (1, 2):
             raise SampleError(f"species {species} unknown (list.txt gives 1 cat or 2 dog)", "mask")

@@ -1,0 +1,495 @@
+"""Data: layouts, cleaning of bad inputs, void fill, letterbox, the prepared cache,
+seeded splits and the training augmentation. Tiny synthetic images only (except the
+one `realdata` test, which skips where the partial copy is absent)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from petseg_bench.data import cache as cache_mod
+from petseg_bench.data.augment import training_augmentation
+from petseg_bench.data.cache import fingerprint, prepare, prepare_all
+from petseg_bench.data.decode import SampleError, fill_void, load_mask, load_rgb, load_sample
+from petseg_bench.data.layout import detect_layout, list_split
+from petseg_bench.data.letterbox import Letterbox
+from petseg_bench.data.split import limit, validation_split
+from petseg_bench.errors import DataError
+
+from conftest import COLOURS, sample_arrays
+
+SIZE = (20, 30)  # height, width of the synthetic images
+
+
+def img_path(root, name):
+    return root / "images" / f"{name}.jpg"
+
+
+def tri_path(root, name):
+    return root / "annotations" / "trimaps" / f"{name}.png"
+
+
+def jpeg_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+# --- layouts and listing --------------------------------------------------------------
+
+def test_detect_layout(make_dataset, tmp_path):
+    assert detect_layout(make_dataset(layout="official")) == "official"
+    assert detect_layout(make_dataset(layout="processed")) == "processed"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="neither the official layout"):
+        detect_layout(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        detect_layout(tmp_path / "file")
+
+
+def test_missing_data_root_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "pets"
+    with pytest.raises(DataError) as info:
+        list_split(missing, "test")
+    assert str(missing) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_list_official(make_dataset):
+    root = make_dataset(n_cat=2, n_dog=3)
+    for split in ("trainval", "test"):
+        listing = list_split(root, split)
+        assert len(listing.samples) == 5 and not listing.dropped and not listing.absent
+        assert sorted(s.species for s in listing.samples) == [1, 1, 2, 2, 2]
+        for s in listing.samples:
+            assert s.layout == "official" and s.image.is_file() and s.mask.is_file()
+            assert (s.species == 1) == s.name[0].isupper()  # cats Capitalised, dogs lower-case
+    names = {s.name for s in list_split(root, "trainval").samples}
+    assert names.isdisjoint(s.name for s in list_split(root, "test").samples)
+
+
+def test_list_processed(make_dataset):
+    root = make_dataset(layout="processed", n_cat=1, n_dog=2)
+    listing = list_split(root, "test")
+    assert len(listing.samples) == 3 and not listing.dropped
+    assert {s.layout for s in listing.samples} == {"processed"}
+    assert {s.species for s in listing.samples} == {0}  # read off the mask at load time
+
+
+def test_unknown_split(make_dataset):
+    with pytest.raises(DataError, match="unknown split"):
+        list_split(make_dataset(), "val")
+
+
+def test_missing_split_file(make_dataset):
+    root = make_dataset()
+    (root / "annotations" / "test.txt").unlink()
+    with pytest.raises(DataError, match="test.txt"):
+        list_split(root, "test")
+    assert len(list_split(root, "trainval").samples) == 5  # the other split still lists
+
+
+def test_missing_folder_official_and_processed(make_dataset):
+    root = make_dataset()
+    os.rename(root / "annotations" / "trimaps", root / "annotations" / "masks")
+    with pytest.raises(DataError, match="trimaps"):
+        list_split(root, "test")
+    proc = make_dataset(layout="processed")
+    os.rename(proc / "Test" / "label", proc / "Test" / "labels")
+    with pytest.raises(DataError, match="label"):
+        list_split(proc, "test")
+
+
+def test_malformed_split_line_names_file_and_line(make_dataset):
+    root = make_dataset()
+    with open(root / "annotations" / "test.txt", "a") as f:
+        f.write("beagle_500 6 dog 1\n")
+    with pytest.raises(DataError, match=r"test\.txt:6"):
+        list_split(root, "test")
+
+
+@pytest.mark.realdata
+def test_real_data_lists(real_data):
+    listing = list_split(real_data, "test")
+    assert detect_layout(real_data) == "official"
+    assert listing.samples and {s.species for s in listing.samples} <= {1, 2}
+    for s in listing.samples[:2]:
+        image, label, species = load_sample(s.image, s.mask, s.layout, s.species)
+        assert image.shape[:2] == label.shape and image.shape[2] == 3
+        assert set(np.unique(label).tolist()) <= {0, species}
+
+
+# --- bad inputs: each dropped with a one-line reason, the rest still load ------------
+
+@pytest.fixture
+def broken_official(make_dataset):
+    """trainval: Abyssinian_1..3 fine, beagle_1..6 and beagle_11 broken, beagle_7..10
+    odd but usable, beagle_99 listed but not on disk."""
+    root = make_dataset(n_cat=3, n_dog=11)
+    tri_path(root, "beagle_1").unlink()  # image without trimap
+    img_path(root, "beagle_2").unlink()  # trimap without image
+    noise = np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    data = jpeg_bytes(noise)
+    img_path(root, "beagle_3").write_bytes(data[: len(data) // 2])  # truncated JPEG
+    _, tri = sample_arrays(0, 2, SIZE)
+    bad = tri.copy()
+    bad[0, 0] = 7
+    Image.fromarray(bad).save(tri_path(root, "beagle_4"))  # value outside 1/2/3
+    Image.fromarray(np.full((SIZE[0], SIZE[1] + 1), 2, np.uint8)).save(tri_path(root, "beagle_5"))  # size
+    Image.fromarray(np.full(SIZE, 2, np.uint8)).save(tri_path(root, "beagle_6"))  # no foreground
+    rgb, _ = sample_arrays(6, 2, SIZE)
+    Image.fromarray(rgb).save(img_path(root, "beagle_7"), format="GIF")  # GIF inside .jpg
+    Image.fromarray(rgb).save(img_path(root, "beagle_8"), format="PNG")  # PNG inside .jpg
+    rgba = np.dstack([rgb, np.full(SIZE, 128, np.uint8)])
+    Image.fromarray(rgba).save(img_path(root, "beagle_9"), format="PNG")  # RGBA
+    Image.fromarray(rgb).convert("L").save(img_path(root, "beagle_10"), format="JPEG")  # grey
+    # a 16-bit trimap whose values (257) would read as 1 if cast to uint8 first
+    Image.fromarray(tri.astype(np.uint16) + 256).save(tri_path(root, "beagle_11"))
+    with open(root / "annotations" / "trainval.txt", "a") as f:
+        f.write("beagle_99 6 2 1\n")  # listed, not on disk
+    return root
+
+
+EXPECTED_DROPS = {
+    "beagle_1": ("beagle_1.jpg", "no trimap"),
+    "beagle_2": ("beagle_2.png", "no image"),
+    "beagle_3": ("beagle_3.jpg", "truncated or corrupt"),
+    "beagle_4": ("beagle_4.png", "outside"),
+    "beagle_5": ("beagle_5.jpg", "30x20 but mask is 31x20"),
+    "beagle_6": ("beagle_6.png", "no foreground"),
+    "beagle_11": ("beagle_11.png", "outside"),
+}
+
+
+def test_bad_inputs_are_dropped_with_reasons(broken_official, tmp_path):
+    sp = prepare(broken_official, "trainval", cache_dir=tmp_path / "cache")
+    assert sorted(sp.names) == sorted(["Abyssinian_1", "Abyssinian_2", "Abyssinian_3",
+                                       "beagle_7", "beagle_8", "beagle_9", "beagle_10"])
+    assert sp.absent == ["beagle_99"]
+    dropped = {d.name: d for d in sp.dropped}
+    assert set(dropped) == set(EXPECTED_DROPS)
+    for name, (file, words) in EXPECTED_DROPS.items():
+        line = dropped[name].line()
+        assert "\n" not in line
+        assert file in line, line
+        assert words in line, line
+    # the unaffected test split is untouched
+    assert len(prepare(broken_official, "test", cache_dir=tmp_path / "cache")) == 14
+
+
+def test_odd_image_formats_become_rgb(broken_official, tmp_path):
+    sp = prepare(broken_official, "trainval", cache_dir=tmp_path / "cache")
+    rgb, _ = sample_arrays(6, 2, SIZE)
+    for name in ("beagle_7", "beagle_8", "beagle_9", "beagle_10"):
+        image = sp.image(sp.names.index(name))
+        assert image.shape == (*SIZE, 3) and image.dtype == np.uint8, name
+    assert (sp.image(sp.names.index("beagle_8")) == rgb).all()  # PNG content: lossless
+    assert (sp.image(sp.names.index("beagle_9")) == rgb).all()  # alpha dropped, colours kept
+    grey = sp.image(sp.names.index("beagle_10"))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    gif = sp.image(sp.names.index("beagle_7")).astype(int)
+    assert np.abs(gif - rgb).max() <= 8  # palette, close to the original colours
+
+
+def test_processed_layout_bad_inputs(make_dataset, tmp_path):
+    root = make_dataset(layout="processed", n_cat=2, n_dog=3)
+    test = root / "Test"
+    (test / "label" / "beagle_100.png").unlink()  # colour image without label
+    (test / "color" / "beagle_101.jpg").unlink()  # label without colour image
+    _, tri = sample_arrays(0, 2, SIZE)
+    label = np.where(tri == 1, 3, 0).astype(np.uint8)  # 3 is not a processed label value
+    Image.fromarray(label).save(test / "label" / "beagle_102.png")
+    rgb, _ = sample_arrays(0, 1, SIZE)
+    (test / "color" / "Abyssinian_100.jpg").unlink()
+    Image.fromarray(np.dstack([rgb, np.zeros(SIZE, np.uint8)])).save(test / "color" / "Abyssinian_100.png")
+    sp = prepare(root, "test", cache_dir=tmp_path / "cache")
+    assert sp.names == ["Abyssinian_100", "Abyssinian_101"]
+    assert list(sp.species) == [1, 1]  # species read off the mask
+    assert (sp.image(0) == rgb).all()
+    lines = {d.name: d.line() for d in sp.dropped}
+    assert set(lines) == {"beagle_100", "beagle_101", "beagle_102"}
+    assert "beagle_100.jpg" in lines["beagle_100"] and "no label" in lines["beagle_100"]
+    assert "beagle_101.png" in lines["beagle_101"] and "no colour" in lines["beagle_101"]
+    assert "beagle_102.png" in lines["beagle_102"] and "outside" in lines["beagle_102"]
+    assert list(prepare(root, "trainval", cache_dir=tmp_path / "cache").species) == [1, 1, 2, 2, 2]
+
+
+def test_unreadable_files_raise_sample_error(tmp_path):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(SampleError, match="not an image"):
+        load_rgb(junk)
+    with pytest.raises(SampleError) as info:
+        load_mask(junk, "official", 1)
+    assert info.value.file == "mask"
+
+
+# --- masks and void -------------------------------------------------------------------
+
+def test_trimap_to_label(tmp_path):
+    tri = np.array([[1, 2], [3, 1]], np.uint8)
+    Image.fromarray(tri).save(tmp_path / "t.png")
+    assert (load_mask(tmp_path / "t.png", "official", 2) == [[2, 0], [255, 2]]).all()
+    assert (load_mask(tmp_path / "t.png", "official", 1) == [[1, 0], [255, 1]]).all()
+
+
+def test_fill_void_nearest_and_ignore():
+    label = np.array([[1, 1, 255, 255, 0, 0],
+                      [1, 1, 255, 255, 0, 0]], np.uint8)
+    filled = fill_void(label, "nearest")
+    assert (filled == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]]).all()
+    assert (fill_void(label, "ignore") == label).all()
+    with pytest.raises(SampleError, match="entirely void"):
+        fill_void(np.full((2, 2), 255, np.uint8))
+    with pytest.raises(ValueError):
+        fill_void(label, "zero")
+
+
+def test_void_border_through_load_sample(make_dataset):
+    root = make_dataset(n_cat=1, n_dog=0)
+    image_p, tri_p = img_path(root, "Abyssinian_1"), tri_path(root, "Abyssinian_1")
+    tri = np.asarray(Image.open(tri_p))
+    border = tri == 3
+    assert border.any()
+    _, kept, _ = load_sample(image_p, tri_p, "official", 1, void="ignore")
+    assert (kept[border] == 255).all() and (kept[~border] != 255).all()
+    _, filled, species = load_sample(image_p, tri_p, "official", 1, void="nearest")
+    assert species == 1
+    assert set(np.unique(filled[border]).tolist()) <= {0, 1}
+    assert (filled[~border] == kept[~border]).all()
+    assert 255 not in filled
+
+
+# --- letterbox ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("h, w", [(30, 20), (20, 30), (25, 25)])
+def test_letterbox_fit_keeps_aspect_and_centres(h, w):
+    lb = Letterbox.fit(h, w, 64)
+    assert max(lb.new_h, lb.new_w) == 64
+    assert abs(lb.new_h / lb.new_w - h / w) < 0.05
+    assert lb.top == (64 - lb.new_h) // 2 and lb.left == (64 - lb.new_w) // 2
+    bottom, right = 64 - lb.top - lb.new_h, 64 - lb.left - lb.new_w
+    assert 0 <= bottom - lb.top <= 1 and 0 <= right - lb.left <= 1
+
+
+def test_letterbox_fit_portrait_and_landscape():
+    assert Letterbox.fit(30, 20, 64) == Letterbox(64, 30, 20, 64, 43, 0, 10)
+    assert Letterbox.fit(20, 30, 64) == Letterbox(64, 20, 30, 43, 64, 10, 0)
+
+
+def test_letterbox_apply_pads_with_zero_around_centred_content():
+    image = np.full((20, 30, 3), 200, np.uint8)
+    lb = Letterbox.fit(20, 30, 64)
+    out = lb.apply(image)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert (lb.crop(out.transpose(2, 0, 1)) == 200).all()
+    assert out[: lb.top].max() == 0 and out[lb.top + lb.new_h:].max() == 0
+    label = np.full((20, 30), 2, np.uint8)
+    lab = lb.apply(label, label=True)
+    assert lab.shape == (64, 64) and set(np.unique(lab).tolist()) == {0, 2}
+    with pytest.raises(ValueError):
+        lb.apply(np.zeros((30, 20), np.uint8), label=True)
+
+
+def test_letterbox_invert_exact_when_longer_side_is_size():
+    label = np.random.default_rng(0).integers(0, 3, (20, 30)).astype(np.uint8)
+    lb = Letterbox.fit(20, 30, 30)
+    boxed = lb.apply(label, label=True)
+    assert boxed.shape == (30, 30)
+    assert np.array_equal(lb.invert_label(boxed), label)
+
+
+def test_letterbox_invert_exact_for_integer_upscale():
+    small = np.random.default_rng(1).integers(0, 3, (10, 15)).astype(np.uint8)
+    up = small.repeat(2, 0).repeat(2, 1)  # nearest 2x upsample, 20x30
+    lb = Letterbox.fit(20, 30, 30)
+    assert np.array_equal(lb.invert_label(lb.apply(up, label=True)), up)
+    # and letterboxing the small label straight to 30 (an exact 2x) also inverts exactly
+    lb2 = Letterbox.fit(10, 15, 30)
+    boxed = lb2.apply(small, label=True)
+    assert np.array_equal(lb2.crop(boxed), up)
+    assert np.array_equal(lb2.invert_label(boxed), small)
+
+
+def test_letterbox_invert_shrink_returns_original_shape():
+    label = np.zeros((60, 100), np.uint8)
+    label[10:50, 20:70] = 1
+    lb = Letterbox.fit(60, 100, 32)
+    back = lb.invert_label(lb.apply(label, label=True))
+    assert back.shape == label.shape
+    assert (back == label).mean() > 0.9
+
+
+# --- the prepared cache ---------------------------------------------------------------
+
+def count_loads(monkeypatch) -> list:
+    calls = []
+    real = cache_mod.load_sample
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "load_sample", counting)
+    return calls
+
+
+def test_prepare_twice_builds_once(make_dataset, tmp_path, monkeypatch):
+    root = make_dataset()
+    calls = count_loads(monkeypatch)
+    first = prepare(root, "trainval", cache_dir=tmp_path / "cache")
+    assert len(calls) == 5
+    mtime = first.root.stat().st_mtime_ns
+    second = prepare(root, "trainval", cache_dir=tmp_path / "cache")
+    assert len(calls) == 5
+    assert second.root == first.root and second.root.stat().st_mtime_ns == mtime
+    assert second.names == first.names and second.fingerprint == first.fingerprint
+
+
+def test_cache_round_trips_direct_decode(make_dataset, tmp_path):
+    root = make_dataset(layout="official", n_cat=2, n_dog=2)
+    for void in ("nearest", "ignore"):
+        sp = prepare(root, "test", void=void, cache_dir=tmp_path / "cache")
+        listing = {s.name: s for s in list_split(root, "test").samples}
+        assert sp.void == void and sp.layout == "official" and len(sp) == 4
+        for i, name in enumerate(sp.names):
+            s = listing[name]
+            image, label, species = load_sample(s.image, s.mask, s.layout, s.species, void)
+            assert np.array_equal(sp.image(i), image)
+            assert np.array_equal(sp.label(i), label)
+            assert sp.species[i] == species
+        assert (255 in np.asarray(sp.labels_flat)) == (void == "ignore")
+    assert sp.index_of(sp.names[::-1]) == list(range(len(sp)))[::-1]
+
+
+def test_cache_key_follows_content(make_dataset, tmp_path):
+    root = make_dataset()
+    first = prepare(root, "test", cache_dir=tmp_path / "cache")
+    rgb, _ = sample_arrays(0, 1, SIZE)
+    img_path(root, "Abyssinian_100").write_bytes(jpeg_bytes(255 - rgb))
+    second = prepare(root, "test", cache_dir=tmp_path / "cache")
+    assert second.fingerprint != first.fingerprint and second.root != first.root
+
+
+def test_leftover_temp_folder_does_not_break_prepare(make_dataset, tmp_path, monkeypatch):
+    root = make_dataset()
+    cache_dir = tmp_path / "cache"
+    fp = fingerprint(list_split(root, "trainval"))
+    stale = cache_dir / f".trainval-{fp}-nearest-x1y2z3"  # an interrupted prepare
+    stale.mkdir(parents=True)
+    (stale / "images.npy").write_bytes(b"half written")
+    sp = prepare(root, "trainval", cache_dir=cache_dir)
+    assert len(sp) == 5 and sp.root.name == f"trainval-{fp}-nearest"
+    assert sp.image(0).shape == (*SIZE, 3)
+
+
+def test_final_folder_without_index_is_rebuilt(make_dataset, tmp_path):
+    root = make_dataset()
+    cache_dir = tmp_path / "cache"
+    fp = fingerprint(list_split(root, "test"))
+    broken = cache_dir / f"test-{fp}-nearest"
+    broken.mkdir(parents=True)
+    (broken / "images.npy").write_bytes(b"junk")
+    sp = prepare(root, "test", cache_dir=cache_dir)
+    assert len(sp) == 5 and sp.root == broken
+
+
+def test_prepare_all_and_empty_split(make_dataset, tmp_path):
+    root = make_dataset(n_cat=1, n_dog=1)
+    for name in ("Abyssinian_100", "beagle_100"):
+        Image.fromarray(np.full(SIZE, 2, np.uint8)).save(tri_path(root, name))
+    splits = prepare_all(root, cache_dir=tmp_path / "cache")
+    assert set(splits) == {"trainval", "test"}
+    assert len(splits["trainval"]) == 2
+    assert len(splits["test"]) == 0 and len(splits["test"].dropped) == 2
+
+
+# --- splits ---------------------------------------------------------------------------
+
+SPECIES = np.array([1] * 20 + [2] * 40)
+
+
+def test_validation_split_seeded_disjoint_covering_stratified():
+    train, val = validation_split(SPECIES, 0.25, seed=3)
+    assert np.intersect1d(train, val).size == 0
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(SPECIES)))
+    assert (SPECIES[val] == 1).sum() == 5 and (SPECIES[val] == 2).sum() == 10
+    again = validation_split(SPECIES, 0.25, seed=3)
+    assert np.array_equal(again[0], train) and np.array_equal(again[1], val)
+    other = validation_split(SPECIES, 0.25, seed=4)
+    assert not np.array_equal(other[1], val)
+
+
+def test_validation_split_small_and_bad_fractions():
+    train, val = validation_split(np.array([1, 2, 2, 2]), 0.1, seed=0)
+    assert len(val) == 1 and len(train) == 3  # at least one dog in val; the lone cat trains
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            validation_split(SPECIES, bad, seed=0)
+
+
+def test_limit_seeded_fixed_subset():
+    pos = np.arange(100, 150)
+    sub = limit(pos, 10, seed=1)
+    assert len(sub) == 10 and len(np.unique(sub)) == 10 and np.isin(sub, pos).all()
+    assert np.array_equal(sub, np.sort(sub))
+    assert np.array_equal(limit(pos, 10, seed=1), sub)
+    assert not np.array_equal(limit(pos, 10, seed=2), sub)
+    assert np.array_equal(limit(pos, None, seed=1), pos)
+    assert np.array_equal(limit(pos, 500, seed=1), pos)
+    with pytest.raises(ValueError):
+        limit(pos, 0, seed=1)
+
+
+# --- training augmentation ------------------------------------------------------------
+
+def coded_sample(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image whose brightness encodes the label (0 black, pet white) and an
+    asymmetric pet so that flips and rotations show."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[8:40, 6:22] = 1
+    mask[30:40, 22:50] = 2
+    image = np.where(mask[..., None] > 0, 255, 0).astype(np.uint8).repeat(3, axis=2)
+    return image, mask
+
+
+def test_augmentation_seeded():
+    image, mask = coded_sample()
+    outs = []
+    for seed in (7, 7, 8):
+        aug = training_augmentation(seed)
+        outs.append([aug(image=image, mask=mask) for _ in range(3)])
+    for a, b in zip(outs[0], outs[1]):
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
+    assert any(not np.array_equal(a["image"], c["image"]) for a, c in zip(outs[0], outs[2]))
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    image, mask = coded_sample()
+    changed = 0
+    for seed in range(8):
+        out = training_augmentation(seed)(image=image, mask=mask)
+        img, msk = out["image"], out["mask"]
+        assert img.shape == image.shape and msk.shape == mask.shape and msk.dtype == np.uint8
+        assert set(np.unique(msk).tolist()) <= {0, 1, 2}
+        changed += not np.array_equal(msk, mask)
+        # average away the Gaussian noise, then read the label back off the brightness
+        smooth = ndimage.uniform_filter(img.astype(np.float64).mean(axis=2), size=5)
+        fg_image = smooth > 100
+        fg_mask = msk > 0
+        # compare away from edges, where interpolation (linear vs nearest) may differ
+        interior = ndimage.minimum_filter(fg_mask, 5) == ndimage.maximum_filter(fg_mask, 5)
+        agree = (fg_image == fg_mask)[interior].mean()
+        assert agree > 0.95, (seed, agree)
+    assert changed >= 3  # geometric transforms did happen
+
+
+def test_synthetic_colours_are_distinct():
+    # the synthetic dataset's colours must stay apart after JPEG for the tests above
+    assert len(set(COLOURS.values())) == 3

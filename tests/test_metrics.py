@@ -1,0 +1,247 @@
+"""Metrics from confusion matrices: hand-computed cases, the absent-class rule, the two
+reductions, ignore index, torchmetrics agreement, bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from petseg_bench.metrics import (
+    BUILTIN_METRICS,
+    ConfusionAccumulator,
+    bootstrap_ci,
+    confusion_matrices,
+    confusion_matrix,
+    dice,
+    iou,
+    mean_over_classes,
+    pixel_accuracy,
+    reduce,
+    summarize,
+)
+
+METRICS = {s.name: s for s in BUILTIN_METRICS}
+NAN = float("nan")
+
+
+def same(actual, expected) -> bool:
+    """Element-wise equal to 1e-12, NaN only where NaN is expected."""
+    return np.allclose(np.asarray(actual, dtype=float), np.asarray(expected, dtype=float), rtol=0, atol=1e-12,
+                       equal_nan=True)
+
+
+# --- one image, by hand ---------------------------------------------------------------
+
+T1 = np.array([[0, 0, 1, 1],
+               [0, 0, 1, 1]], np.uint8)
+P1 = np.array([[0, 1, 1, 1],
+               [0, 0, 0, 1]], np.uint8)
+# gt 0 (4 px): 3 predicted 0, 1 predicted 1; gt 1 (4 px): 1 predicted 0, 3 predicted 1.
+CM1 = np.array([[3, 1, 0],
+                [1, 3, 0],
+                [0, 0, 0]])
+
+
+def test_confusion_matrix_by_hand():
+    cm = confusion_matrix(P1, T1)
+    assert cm.shape == (3, 3) and cm.dtype == np.int64
+    assert (cm == CM1).all()
+
+
+def test_iou_dice_accuracy_by_hand():
+    # IoU = tp / (gt + pred - tp) = 3 / (4 + 4 - 3); Dice = 2 tp / (gt + pred) = 6 / 8
+    assert same(iou(CM1), [0.6, 0.6, NAN])
+    assert same(dice(CM1), [0.75, 0.75, NAN])
+    assert same(pixel_accuracy(CM1), 0.75)
+    assert math.isclose(mean_over_classes(iou(CM1)), 0.6)  # dog absent: left out, not 0
+
+
+def test_perfect_and_wrong_predictions():
+    t = np.array([[0, 1], [2, 2]], np.uint8)
+    cm = confusion_matrix(t, t)
+    assert same(iou(cm), [1, 1, 1]) and same(dice(cm), [1, 1, 1]) and same(pixel_accuracy(cm), 1)
+    wrong = np.array([[1, 2], [0, 0]], np.uint8)
+    cm = confusion_matrix(wrong, t)
+    assert same(iou(cm), [0, 0, 0]) and same(dice(cm), [0, 0, 0]) and same(pixel_accuracy(cm), 0)
+
+
+def test_class_absent_from_ground_truth_is_nan_even_when_predicted():
+    t = np.zeros((2, 2), np.uint8)
+    p = np.array([[0, 2], [0, 0]], np.uint8)
+    cm = confusion_matrix(p, t)
+    assert (cm == [[3, 0, 1], [0, 0, 0], [0, 0, 0]]).all()
+    # background: tp 3, gt 4, pred 3 -> IoU 3/4, Dice 6/7; dog predicted but absent -> NaN, not 0
+    assert same(iou(cm), [0.75, NAN, NAN])
+    assert same(dice(cm), [6 / 7, NAN, NAN])
+    # and absent-but-correctly-not-predicted is NaN too, not 1
+    cm_bg = confusion_matrix(t, t)
+    assert same(iou(cm_bg), [1, NAN, NAN])
+
+
+def test_ignore_index_is_skipped():
+    t = np.array([[0, 255], [1, 255]], np.uint8)
+    p = np.array([[0, 2], [1, 1]], np.uint8)
+    cm = confusion_matrix(p, t)
+    assert cm.sum() == 2
+    assert (cm == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]).all()
+    assert same(pixel_accuracy(cm), 1.0)
+    assert same(iou(cm), [1, 1, NAN])
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_matrix(np.zeros((2, 3), np.uint8), np.zeros((3, 2), np.uint8))
+
+
+# --- the two reductions, by hand ------------------------------------------------------
+
+# Image A: all background, predicted perfectly.
+TA = np.zeros((2, 2), np.uint8)
+PA = np.zeros((2, 2), np.uint8)
+# Image B: a row of background, a row of cat; half the cat predicted as background.
+TB = np.array([[0, 0, 0, 0],
+               [1, 1, 1, 1]], np.uint8)
+PB = np.array([[0, 0, 0, 0],
+               [1, 1, 0, 0]], np.uint8)
+CMS = np.stack([np.array([[4, 0, 0], [0, 0, 0], [0, 0, 0]]),
+                np.array([[4, 0, 0], [2, 2, 0], [0, 0, 0]])])
+
+
+def test_two_image_matrices():
+    assert (confusion_matrices([PA, PB], [TA, TB]) == CMS).all()
+
+
+def test_per_image_scores_leave_absent_classes_out():
+    # A: IoU bg 1, cat/dog absent; B: bg 4/(4+6-4) = 2/3, cat 2/(4+2-2) = 1/2
+    assert same(iou(CMS), [[1, NAN, NAN], [2 / 3, 0.5, NAN]])
+    # Dice A: bg 1; B: bg 8/(4+6) = 0.8, cat 4/(4+2) = 2/3
+    assert same(dice(CMS), [[1, NAN, NAN], [0.8, 2 / 3, NAN]])
+    assert same(pixel_accuracy(CMS), [1.0, 0.75])
+
+
+def test_dataset_reduction_by_hand():
+    # summed: [[8,0,0],[2,2,0],[0,0,0]]
+    assert same(reduce(METRICS["iou"], CMS, "dataset"), [8 / 10, 2 / 4, NAN])
+    assert same(reduce(METRICS["dice"], CMS, "dataset"), [16 / 18, 4 / 6, NAN])
+    assert same(reduce(METRICS["pixel_accuracy"], CMS, "dataset"), 10 / 12)
+    assert math.isclose(mean_over_classes(reduce(METRICS["iou"], CMS, "dataset")), (0.8 + 0.5) / 2)
+
+
+def test_seed_reduction_by_hand():
+    # bg: mean over A and B; cat: only B has cat (A is left out, not scored 0 or 1); dog: none
+    seed_iou = reduce(METRICS["iou"], CMS, "seed")
+    assert same(seed_iou, [(1 + 2 / 3) / 2, 0.5, NAN])
+    assert same(reduce(METRICS["dice"], CMS, "seed"), [(1 + 0.8) / 2, 2 / 3, NAN])
+    assert same(reduce(METRICS["pixel_accuracy"], CMS, "seed"), (1 + 0.75) / 2)
+    assert math.isclose(mean_over_classes(seed_iou), (5 / 6 + 0.5) / 2)
+
+
+def test_reductions_differ():
+    for name in METRICS:
+        d = np.atleast_1d(reduce(METRICS[name], CMS, "dataset"))
+        s = np.atleast_1d(reduce(METRICS[name], CMS, "seed"))
+        assert not same(d, s), name
+
+
+def test_unknown_reduction_raises():
+    with pytest.raises(ValueError, match="unknown reduction"):
+        reduce(METRICS["iou"], CMS, "macro")
+
+
+def test_summarize_names_both_reductions():
+    out = summarize(CMS, METRICS)
+    assert out["n_images"] == 2
+    assert set(out) == {"n_images", "dataset", "seed"}
+    for reduction in ("dataset", "seed"):
+        assert set(out[reduction]) == set(METRICS)
+        assert set(out[reduction]["iou"]["per_class"]) == {"background", "cat", "dog"}
+        assert out[reduction]["iou"]["per_class"]["dog"] is None  # NaN -> null, not 0
+        assert "ci95" not in out[reduction]["iou"]
+    assert out["dataset"]["iou"]["mean"] == pytest.approx(0.65, abs=1e-6)
+    assert out["seed"]["iou"]["mean"] == pytest.approx(2 / 3, abs=1e-6)
+    assert out["dataset"]["pixel_accuracy"]["mean"] == pytest.approx(10 / 12, abs=1e-6)
+    assert out["seed"]["pixel_accuracy"]["mean"] == pytest.approx(0.875, abs=1e-6)
+    with_ci = summarize(CMS, METRICS, n_boot=50, seed=1)
+    lo, hi = with_ci["seed"]["dice"]["ci95"]
+    assert lo <= hi
+
+
+# --- against torchmetrics -------------------------------------------------------------
+
+def random_maps(n: int, seed: int, void: bool = True):
+    """Random prediction/target pairs of different sizes; 70% of predictions right."""
+    rng = np.random.default_rng(seed)
+    preds, targets = [], []
+    for _ in range(n):
+        h, w = rng.integers(5, 12, size=2)
+        t = rng.integers(0, 3, size=(h, w)).astype(np.uint8)
+        p = np.where(rng.random((h, w)) < 0.7, t, rng.integers(0, 3, size=(h, w))).astype(np.uint8)
+        if void:
+            t[rng.random((h, w)) < 0.1] = 255
+        preds.append(p)
+        targets.append(t)
+    return preds, targets
+
+
+def test_dataset_reduction_matches_torchmetrics():
+    torch = pytest.importorskip("torch")
+    F = pytest.importorskip("torchmetrics.functional.classification")
+    preds, targets = random_maps(4, seed=3)
+    cms = confusion_matrices(preds, targets)
+    p = torch.from_numpy(np.concatenate([x.reshape(-1) for x in preds]).astype(np.int64))
+    t = torch.from_numpy(np.concatenate([x.reshape(-1) for x in targets]).astype(np.int64))
+    kw = dict(num_classes=3, ignore_index=255)
+    tm_iou = F.multiclass_jaccard_index(p, t, average=None, **kw).numpy()
+    tm_dice = F.multiclass_f1_score(p, t, average=None, **kw).numpy()
+    tm_acc = float(F.multiclass_accuracy(p, t, average="micro", **kw))
+    np.testing.assert_allclose(reduce(METRICS["iou"], cms, "dataset"), tm_iou, rtol=1e-5)
+    np.testing.assert_allclose(reduce(METRICS["dice"], cms, "dataset"), tm_dice, rtol=1e-5)
+    assert reduce(METRICS["pixel_accuracy"], cms, "dataset") == pytest.approx(tm_acc, rel=1e-5)
+
+
+def test_accumulator_equals_confusion_matrices():
+    preds, targets = random_maps(7, seed=5)
+    acc = ConfusionAccumulator()
+    ids = [f"img{i}" for i in range(7)]
+    for a, b in ((0, 3), (3, 4), (4, 7)):  # uneven batches
+        acc.update(ids[a:b], preds[a:b], targets[a:b])
+    assert acc.ids == ids
+    assert (acc.matrices() == confusion_matrices(preds, targets)).all()
+    assert acc.summary(METRICS) == summarize(confusion_matrices(preds, targets), METRICS)
+    assert ConfusionAccumulator().matrices().shape == (0, 3, 3)
+
+
+# --- bootstrap ------------------------------------------------------------------------
+
+def point_estimate(spec, cms, reduction) -> float:
+    value = reduce(spec, cms, reduction)
+    return mean_over_classes(value) if spec.per_class else float(value)
+
+
+@pytest.mark.parametrize("reduction", ["dataset", "seed"])
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_bootstrap_ci_contains_point_and_is_seeded(name, reduction):
+    spec = METRICS[name]
+    cms = confusion_matrices(*random_maps(30, seed=11))
+    lo, hi = bootstrap_ci(spec, cms, reduction, n_boot=300, seed=4)
+    assert lo <= point_estimate(spec, cms, reduction) <= hi
+    assert lo < hi
+    assert bootstrap_ci(spec, cms, reduction, n_boot=300, seed=4) == (lo, hi)
+    assert bootstrap_ci(spec, cms, reduction, n_boot=300, seed=5) != (lo, hi)
+
+
+@pytest.mark.parametrize("reduction", ["dataset", "seed"])
+def test_bootstrap_ci_narrows_with_more_images(reduction):
+    spec = METRICS["dice"]
+    few = confusion_matrices(*random_maps(15, seed=21, void=False))
+    many = confusion_matrices(*random_maps(400, seed=22, void=False))
+    lo_f, hi_f = bootstrap_ci(spec, few, reduction, n_boot=300, seed=0)
+    lo_m, hi_m = bootstrap_ci(spec, many, reduction, n_boot=300, seed=0)
+    assert hi_m - lo_m < (hi_f - lo_f) / 2
+
+
+def test_bootstrap_of_no_images_is_nan():
+    lo, hi = bootstrap_ci(METRICS["iou"], np.zeros((0, 3, 3)), "dataset")
+    assert math.isnan(lo) and math.isnan(hi)

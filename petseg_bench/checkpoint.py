@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ def save(path: Path, payload: dict[str, Any]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # disk full (torch says RuntimeError), permissions: the old file stays
+        raise PetsegError(f"could not write checkpoint {path} ({_first_line(exc)}); the previous one is kept") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -48,8 +49,8 @@ def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
             raise PetsegError(f"checkpoint {path} holds pickled Python objects; refused "
                               "(only tensors and plain data are loaded)") from None
         raise PetsegError(f"checkpoint {path} is corrupt ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise PetsegError(f"checkpoint {path} is truncated or corrupt ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - torch's readers raise many kinds (KeyError, RuntimeError, EOFError...)
+        raise PetsegError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PetsegError(f"{path} is not a petseg-bench checkpoint")
     if data.get("format_version", 0) > FORMAT_VERSION:

@@ -244,5 +244,64 @@ def evaluate(checkpoint_path, data_root, cache_dir, limit, batch_size, bootstrap
     click.echo(f"written: {out}")
 
 
+@main.command()
+@click.option("--models", default="all", show_default=True, help="Model names or patterns, comma-separated ('clip*', 'all').")
+@click.option("--perturbations", default="all", show_default=True, help="Perturbation names or patterns, comma-separated.")
+@click.option("--levels", default="all", show_default=True, help="Severity levels: 'all', '1-9', '1,5,9' (level 0 always runs).")
+@click.option("--checkpoints", "checkpoints_dir", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
+              help="Folder with <model>/best.pt for every model.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
+@data_root_option
+@cache_option
+@void_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds every perturbation's random draws.")
+@click.option("--limit", type=int, default=None, help="Sweep a fixed seeded subset of N test images.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--resume", is_flag=True, help="Finish an interrupted run in --out, skipping finished cells.")
+@click.option("--train-missing", is_flag=True, help="Train models without a checkpoint first (quick profile).")
+@click.option("--precision", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
+def run(models, perturbations, levels, checkpoints_dir, out_dir, data_root, cache_dir, void, seed, limit,
+        batch_size, resume, train_missing, precision, device, report):
+    """Sweep models x perturbations x levels on the test split and write the report."""
+    from .plugins import get_registry
+    from .sweep import SweepPlan, parse_levels, run_sweep
+
+    reg = get_registry()
+    warn_plugin_problems(reg)
+    model_names = reg.select("model", models)
+    pert_names = reg.select("perturbation", perturbations)
+    n_levels = max(len(reg.get("perturbation", p).levels) for p in pert_names)
+    plan = SweepPlan(model_names, pert_names, parse_levels(levels, n_levels), seed=seed, batch_size=batch_size,
+                     limit=limit, void=void)
+    if limit is not None and limit < 1:
+        raise PetsegError(f"--limit must be >= 1, got {limit}")
+    root = resolve_data_root(data_root)
+    cache = Path(cache_dir) if cache_dir else None
+    if train_missing:
+        from .config import resolve
+        from .training import train as run_training
+
+        for m in model_names:
+            if not (Path(checkpoints_dir) / m / "best.pt").is_file():
+                click.echo(f"training {m} (quick profile): no checkpoint in {checkpoints_dir}", err=True)
+                cfg, over = resolve("quick", {"void": void}, {})
+                run_training(m, cfg, over, root, Path(checkpoints_dir), cache_dir=cache,
+                             progress=sys.stderr.isatty(), log=lambda msg: click.echo(msg, err=True))
+    record = run_sweep(plan, Path(checkpoints_dir), Path(out_dir), root, resume=resume, cache_dir=cache,
+                       precision=precision, device=device, progress=sys.stderr.isatty(),
+                       log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"sweep: {len(model_names)} models x {len(pert_names)} perturbations x {len(plan.levels)} levels "
+               f"on {len(record['image_ids'])} test images; {record['cells_computed']} cells computed "
+               f"({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {out_dir}")
+    if report:
+        from .report import write_report
+
+        paths = write_report(Path(out_dir))
+        for p in paths:
+            click.echo(f"report: {p}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -43,22 +43,26 @@ class Predictor:
             return self.model(**inputs).float()
 
     def letterbox(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None = None):
-        """Letterboxed uint8 batch, the geometries, and evaluation clicks (if the model needs them)."""
-        size = self.config.in_size
-        boxes = [Letterbox.fit(im.shape[0], im.shape[1], size) for im in images]
-        batch = np.stack([lb.apply(im) for lb, im in zip(boxes, images)]).transpose(0, 3, 1, 2)
-        points = None
-        if "point" in self.spec.inputs:
-            if labels is None:
-                raise ValueError("the point model needs ground truth to place its evaluation click")
-            points = torch.tensor([eval_click(lb.apply(lab, label=True)) for lb, lab in zip(boxes, labels)])
-        return torch.from_numpy(np.ascontiguousarray(batch)), boxes, points
+        if "point" in self.spec.inputs and labels is None:
+            raise ValueError("the point model needs ground truth to place its evaluation click")
+        return letterbox_batch(images, self.config.in_size, labels if "point" in self.spec.inputs else None)
 
     def predict(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None = None,
                 clip_features: torch.Tensor | None = None) -> list[np.ndarray]:
         """Label maps at each image's original resolution."""
         batch, boxes, points = self.letterbox(images, labels)
         return restore(self.logits(batch, points, clip_features), boxes)
+
+
+def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np.ndarray] | None = None):
+    """Letterboxed uint8 batch ``[B, 3, S, S]``, the geometries, and the evaluation clicks
+    ``[B, 2]`` placed on the letterboxed ground truth (only when ``labels`` are given)."""
+    boxes = [Letterbox.fit(im.shape[0], im.shape[1], size) for im in images]
+    batch = np.stack([lb.apply(im) for lb, im in zip(boxes, images)]).transpose(0, 3, 1, 2)
+    points = None
+    if labels is not None:
+        points = torch.tensor([eval_click(lb.apply(lab, label=True)) for lb, lab in zip(boxes, labels)])
+    return torch.from_numpy(np.ascontiguousarray(batch)), boxes, points
 
 
 def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray]:

@@ -79,11 +79,14 @@ def make_manager(entry_points: Iterable[importlib.metadata.EntryPoint] | None = 
     pm.add_hookspecs(hookspecs)
     problems: list[str] = []
     eps = importlib.metadata.entry_points(group=GROUP) if entry_points is None else entry_points
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for ep in sorted(eps, key=lambda e: e.name):
-        if ep.name in seen:  # the same distribution visible twice on sys.path
-            continue
-        seen.add(ep.name)
+        if ep.name in seen:
+            if seen[ep.name] != ep.value:  # two different plugins under one name: say so
+                problems.append(f"plugin {ep.name!r} ({ep.value}) not loaded: the name is already "
+                                f"taken by {seen[ep.name]}")
+            continue  # else the same distribution visible twice on sys.path
+        seen[ep.name] = ep.value
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
@@ -103,7 +106,13 @@ def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) 
             except Exception as exc:  # noqa: BLE001
                 reg.problems.append(f"plugin {plugin!r}: {hook_name}() raised {type(exc).__name__}: {_one_line(exc)}")
                 continue
-            for spec in specs or []:
+            if specs is None:
+                specs = []
+            if not isinstance(specs, (list, tuple)):
+                reg.problems.append(f"plugin {plugin!r}: {hook_name}() returned {type(specs).__name__}, "
+                                    f"expected a list of {spec_cls.__name__}")
+                continue
+            for spec in specs:
                 label = getattr(spec, "name", repr(spec))
                 try:
                     if not isinstance(spec, spec_cls):

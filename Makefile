@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 # The demo's output folder.
 OUT    ?= runs/demo
+# Test images in the demo's sweep (a fixed seeded subset).
+DEMO_IMAGES ?= 100
 
 # Never stall on hub or update checks: there is no model hub here, and weights
 # are passed as local files.
@@ -24,11 +26,14 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# The main job on $PETSEG_DATA, or on the official release downloaded to the cache.
+# The main job on $PETSEG_DATA, or on the official release downloaded to the cache:
+# train the five models (quick profile), sweep 8 perturbations x 10 levels, report.
+# Re-running reuses finished checkpoints and sweep cells.
 demo: venv
 	@if [ -z "$$PETSEG_DATA" ]; then $(BIN)/petseg-bench data download; fi
-	$(BIN)/petseg-bench data prepare
 	$(BIN)/petseg-bench data check
+	$(BIN)/petseg-bench run --models all --perturbations all --train-missing \
+		--checkpoints $(OUT)/checkpoints --out $(OUT) --limit $(DEMO_IMAGES) --resume
 
 test: venv
 	$(BIN)/python -m pytest -q

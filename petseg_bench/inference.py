@@ -31,6 +31,8 @@ class Predictor:
                clip_features: torch.Tensor | None = None) -> torch.Tensor:
         """Letterboxed uint8 batch ``[B, 3, S, S]`` -> float logits ``[B, C, S, S]``."""
         rt = self.runtime
+        if self.model.training:  # the training loop validates between epochs: never in train mode
+            self.model.eval()
         images_u8 = images_u8.to(rt.device, non_blocking=True)
         needs = self.spec.inputs
         if clip_features is not None:
@@ -67,12 +69,15 @@ def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np
 
 def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray]:
     """Un-pad each image's logits, resize them (bilinear) to its original size, argmax."""
+    # channels_last logits make every per-image crop strided, which slows the
+    # interpolate and argmax below several times over.
+    logits = logits.contiguous()
     out = []
     for lg, lb in zip(logits, boxes):
-        content = lb.crop(lg)[None]
+        content = lb.crop(lg)[None].contiguous()
         if content.shape[-2:] != (lb.height, lb.width):
             content = F.interpolate(content, size=(lb.height, lb.width), mode="bilinear", align_corners=False)
-        out.append(content[0].argmax(0).to(torch.uint8).cpu().numpy())
+        out.append(np.argmax(content[0].numpy(), axis=0).astype(np.uint8))  # numpy: ~10x faster than torch here
     return out
 
 

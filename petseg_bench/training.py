@@ -151,6 +151,9 @@ def train(model_name: str, cfg: TrainConfig, model_overrides: dict[str, Any], da
     model = build_model(spec, mcfg, runtime, cfg.seed)
     phases = list(spec.phases)
     budget = phase_epochs(cfg.epochs, [p.epochs_fraction for p in phases])
+    total_epochs = sum(budget)
+    if total_epochs != cfg.epochs:
+        log(f"{model_name}: {len(phases)} training phases need at least one epoch each; running {total_epochs} epochs, not {cfg.epochs}")
     state = {"epoch": 0, "phase": 0, "epoch_in_phase": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False}
     resumed_opt = None
     if resume and last_path.is_file():
@@ -239,7 +242,7 @@ def train(model_name: str, cfg: TrainConfig, model_overrides: dict[str, Any], da
             if run is not None:
                 run.log(row)
             val_text = f" val mIoU {row['val_miou']:.3f} mDice {row['val_mdice']:.3f}" if "val_miou" in row else ""
-            log(f"{model_name} epoch {epoch + 1}/{cfg.epochs} [{phase.name}] loss {train_loss:.4f}{val_text} "
+            log(f"{model_name} epoch {epoch + 1}/{total_epochs} [{phase.name}] loss {train_loss:.4f}{val_text} "
                 f"({row['images_per_s']:.1f} img/s)")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)

@@ -24,10 +24,13 @@ from petseg_bench.cli import main
 from petseg_bench.config import TrainConfig
 from petseg_bench.data.cache import prepare
 from petseg_bench.errors import PetsegError
-from petseg_bench.inference import Predictor
+from petseg_bench.data.split import validation_split
+from petseg_bench.inference import Predictor, confusion_over
 from petseg_bench.inputs import eval_click, heatmaps, train_click
 from petseg_bench.losses import segmentation_loss, soft_dice_loss
+from petseg_bench.metrics import iou, mean_over_classes, reduce
 from petseg_bench.runtime import Runtime
+from petseg_bench.specs import MetricSpec
 from petseg_bench.training import load_model, train
 
 from conftest import write_dataset
@@ -38,6 +41,7 @@ TINY = dict(in_size=32, base_channels=4, latent_dim=16, clip_model="petseg-tiny-
 SIZE = (40, 56)  # (height, width) of the synthetic images: not square, so restoring the size is tested
 ROW_FIELDS = {"epoch", "phase", "train_loss", "lr", "seconds", "images_per_s"}
 VAL_FIELDS = {"val_miou", "val_mdice", "val_miou_seed"}
+IOU = MetricSpec("iou", iou, per_class=True)
 CKPT_FIELDS = {"format", "format_version", "model", "model_config", "train_config", "data_fingerprint",
                "code_version", "runtime", "n_train", "n_val", "state_dict"}
 
@@ -124,6 +128,19 @@ def test_every_model_trains_writes_checkpoints_and_predicts(name, trained, data_
         assert p.shape == SIZE and p.dtype == np.uint8 and set(np.unique(p)) <= {0, 1, 2}
 
 
+@pytest.mark.parametrize("name", ["unet", "point_clip_unet"])
+def test_recorded_validation_miou_is_reproducible_from_best(name, tmp_path, data_root, cache_dir):
+    """The validation mIoU stored with best.pt is what the saved weights give in eval mode
+    (validation must not run in train mode: batch-norm batch statistics, dropout)."""
+    result = train(name, tiny_cfg(epochs=2), {**TINY, "dropout": 0.2}, data_root, tmp_path, cache_dir=cache_dir, log=quiet)
+    spec, config, model, data = load_model(result.best_path, Runtime.choose("cpu", "fp32"))
+    prepared = prepare(data_root, "trainval", "nearest", cache_dir)
+    _, val_pos = validation_split(prepared.species, 0.25, 3)
+    cms = confusion_over(Predictor(model, spec, config, Runtime.choose("cpu", "fp32")), prepared, val_pos, 4)
+    assert mean_over_classes(reduce(IOU, cms, "dataset")) == pytest.approx(data["val"]["val_miou"], abs=1e-6)
+    assert mean_over_classes(reduce(IOU, cms, "seed")) == pytest.approx(data["val"]["val_miou_seed"], abs=1e-6)
+
+
 def test_limit_and_val_limit_pick_fixed_subsets(tmp_path, data_root, cache_dir):
     # 12 trainval images, val fraction 0.25 -> 4 validation (2 per species), 8 training.
     full = train("unet", tiny_cfg(epochs=1), TINY, data_root, tmp_path / "a", cache_dir=cache_dir, log=quiet)
@@ -159,6 +176,34 @@ def test_train_config_round_trips_and_validates():
             tiny_cfg(**bad).validate()
 
 
+def test_phase_epochs_split_the_budget():
+    assert training_mod.phase_epochs(10, [1.0]) == [10]
+    assert training_mod.phase_epochs(3, [0.5, 0.5]) == [1, 2]
+    for total in range(2, 30):
+        counts = training_mod.phase_epochs(total, [0.5, 0.5])
+        assert sum(counts) == total and min(counts) >= 1
+    assert training_mod.phase_epochs(1, [0.5, 0.5]) == [1, 1]  # each phase needs an epoch
+
+
+def test_autoencoder_with_one_epoch_says_it_runs_two(tmp_path, data_root, cache_dir):
+    messages = []
+    result = train("autoencoder", tiny_cfg(epochs=1), TINY, data_root, tmp_path, cache_dir=cache_dir, log=messages.append)
+    assert result.epochs_run == 2 and [r["phase"] for r in result.history] == ["reconstruct", "segment"]
+    assert any("running 2 epochs, not 1" in m for m in messages)
+    assert any("epoch 2/2 [segment]" in m for m in messages), messages
+
+
+def test_early_stopping_on_validation_miou(tmp_path, data_root, cache_dir, monkeypatch):
+    monkeypatch.setattr(training_mod, "mean_over_classes", lambda values: 0.5)  # never improves after epoch 1
+    messages = []
+    result = train("unet", tiny_cfg(epochs=10, patience=2), TINY, data_root, tmp_path, cache_dir=cache_dir,
+                   log=messages.append)
+    assert result.epochs_run == 3 and len(result.history) == 3
+    assert checkpoint.load(result.best_path)["epoch"] == 1
+    assert checkpoint.load(result.last_path)["loop"]["done"] is True
+    assert any("early stop" in m for m in messages)
+
+
 # --------------------------------------------------------------------------- resume
 
 
@@ -183,9 +228,11 @@ def test_resume_is_exact(name, overrides, tmp_path, data_root, cache_dir):
     with pytest.raises(Interrupt):
         train(name, cfg, model_over, data_root, out, cache_dir=cache_dir, log=quiet, on_epoch_end=_stop_after(1))
     assert checkpoint.load(out / name / "last.pt")["loop"]["epoch"] == 1
-    messages = []
-    resumed = train(name, cfg, model_over, data_root, out, resume=True, cache_dir=cache_dir, log=messages.append)
+    messages, epochs = [], []
+    resumed = train(name, cfg, model_over, data_root, out, resume=True, cache_dir=cache_dir, log=messages.append,
+                    on_epoch_end=epochs.append)
     assert any("resuming after epoch 1" in m for m in messages)
+    assert epochs == [2, 3]  # only the missing epochs ran
     assert resumed.epochs_run == 3
 
     a = checkpoint.load(whole.last_path)["state_dict"]
@@ -324,6 +371,19 @@ def test_cli_train_rejects_out_of_range_options(args, option, tmp_path, data_roo
     assert result.exit_code != 0
     assert option in one_error_line(result.output)
     assert not (tmp_path / "unet").exists()
+
+
+def test_cli_train_and_resume(tmp_path, data_root, cache_dir):
+    args = ["train", "unet", "--profile", "quick", "--data-root", str(data_root), "--cache-dir", str(cache_dir),
+            "--out", str(tmp_path), "--epochs", "1", "--in-size", "32", "--base-channels", "4", "--batch-size", "4",
+            "--workers", "0", "--val-fraction", "0.25", "--precision", "fp32", "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "best validation mIoU" in result.output and str(tmp_path / "unet" / "best.pt") in result.output
+    data = checkpoint.load(tmp_path / "unet" / "best.pt")
+    assert data["train_config"]["lr"] == 1e-3 and data["model_config"]["base_channels"] == 4  # profile + options
+    result = CliRunner().invoke(main, args + ["--resume", "--lr", "0.01"])
+    assert result.exit_code != 0 and "lr" in one_error_line(result.output)
 
 
 def test_cli_train_unknown_model(tmp_path, data_root):

@@ -77,7 +77,7 @@ def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray
         content = lb.crop(lg)[None].contiguous()
         if content.shape[-2:] != (lb.height, lb.width):
             content = F.interpolate(content, size=(lb.height, lb.width), mode="bilinear", align_corners=False)
-        out.append(np.argmax(content[0].numpy(), axis=0).astype(np.uint8))  # numpy: ~10x faster than torch here
+        out.append(np.argmax(content[0].cpu().numpy(), axis=0).astype(np.uint8))  # numpy: ~10x faster than torch here
     return out
 
 

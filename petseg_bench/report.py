@@ -128,9 +128,9 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = False) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, **({"bbox_inches": "tight", "pad_inches": 0.04} if tight else {}))
     write_bytes_atomic(path, buf.getvalue())
     return path
 
@@ -237,9 +237,9 @@ def _draw_strip(frames: Sequence[np.ndarray], values: Sequence[float], param: st
         ax = fig.add_subplot(1, n, k + 1)
         ax.imshow(frame, interpolation="antialiased")
         ax.set_axis_off()
-        ax.set_title(f"{param} {values[k]:g}", fontsize=8)
+        ax.set_title(f"{param} {values[k]:g}", fontsize=9)
     fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=1 - 0.38 / (cell_w * h / w + 0.45), wspace=0.04)
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], run_dir: 
     sections.append(Section("clean", "Clean test metrics beside the seed's Table 1",
                             [clean_table(summary), per_class_table(summary)]))
     sections.append(Section("robustness", "Robustness: mean Dice per level",
-                            [robustness_table(summary), Paragraph(f"Seed paper ({SEED_SOURCE}): {ROBUSTNESS_NOTE}")]))
+                            [robustness_table(summary), Paragraph(f"For comparison, the {SEED_SOURCE}: {ROBUSTNESS_NOTE}")]))
     sections.append(Section("scores", "Summary scores", score_tables(summary)))
     figures = [Figure(_rel(path, run_dir), f"{p}: mean Dice ({SCORE_REDUCTION} reduction) against level")
                for p, path in curve_paths.items()]
@@ -349,9 +349,9 @@ def clean_table(summary: Mapping[str, Any]) -> Table:
                      *([format_figure(paper.miou), format_figure(paper.dice), format_figure(paper.pixel_accuracy)]
                        if paper else [DASH] * 3)])
     base = TABLE1_PROVIDED_BASELINE
-    rows.append([f"{base.label} (seed paper only)", *[DASH] * 6, format_figure(base.miou), format_figure(base.dice),
+    rows.append([f"{base.label} (paper only)", *[DASH] * 6, format_figure(base.miou), format_figure(base.dice),
                  format_figure(base.pixel_accuracy)])
-    headers = ["model", "mIoU dataset", "mIoU seed", "mDice dataset (95% CI)", "mDice seed (95% CI)",
+    headers = ["model", "mIoU dataset", "mIoU seed", "mDice dataset (95%\u00a0CI)", "mDice seed (95%\u00a0CI)",
                "PixAcc dataset", "PixAcc seed", "mIoU", "Dice", "PixAcc"]
     md = headers[:7] + ["paper mIoU", "paper Dice", "paper PixAcc"]
     boot = summary.get("bootstrap", {})
@@ -420,8 +420,8 @@ def score_tables(summary: Mapping[str, Any]) -> list[Any]:
     defs = (f"All on mean Dice, {scores['reduction']} reduction, over the perturbed levels present in the run. "
             f"Mean Dice: mean over levels ≥ 1 (percent). Relative robustness: that mean / clean Dice. AUC: area "
             f"under the Dice-vs-level curve from level 0, trapezoids over the level index, divided by the highest "
-            f"level (1.0 = Dice 1 everywhere). CE (ImageNet-C): Σ(1 − D) / Σ(1 − D_{ref}); relative CE: "
-            f"Σ(D_clean − D) / Σ(D_{ref},clean − D_{ref}); {ref} = 1.000 by construction; mCE and relative mCE "
+            f"level (1.0 = Dice 1 everywhere). CE (ImageNet-C, normalised by ref = {ref}): Σ(1 − D) / Σ(1 − D_ref); "
+            f"relative CE: Σ(D_clean − D) / Σ(D_ref,clean − D_ref); {ref} scores 1.000 by construction; mCE and relative mCE "
             f"average them over perturbations (undefined if any term is).{note}")
     return [
         Table(["model", "clean mDice", "mean Dice (perturbed)", "relative robustness", "AUC", "mCE", "relative mCE"],

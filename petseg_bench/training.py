@@ -110,8 +110,13 @@ def load_model(path: Path, runtime: Runtime | None = None, expect_model: str | N
     return spec, config, model, data
 
 
+#: Settings that do not change what is computed, so a resume may change them.
+RESUME_FREE = {"workers", "device"}
+
+
 def _config_diff(saved: dict, now: dict) -> list[str]:
-    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    keys = sorted((set(saved) | set(now)) - RESUME_FREE)
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
 def train(model_name: str, cfg: TrainConfig, model_overrides: dict[str, Any], data_root: Path,

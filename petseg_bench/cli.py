@@ -278,6 +278,7 @@ def run(models, perturbations, levels, checkpoints_dir, out_dir, data_root, cach
     if limit is not None and limit < 1:
         raise PetsegError(f"--limit must be >= 1, got {limit}")
     root = resolve_data_root(data_root)
+    plan.extra["data_root"] = str(root)  # lets `petseg-bench report` find the images for its example strips
     cache = Path(cache_dir) if cache_dir else None
     if train_missing:
         from .config import resolve
@@ -298,9 +299,80 @@ def run(models, perturbations, levels, checkpoints_dir, out_dir, data_root, cach
     if report:
         from .report import write_report
 
-        paths = write_report(Path(out_dir))
-        for p in paths:
-            click.echo(f"report: {p}")
+        _echo_report(write_report(Path(out_dir), data_root=root, cache_dir=cache))
+
+
+def _echo_report(paths: list[Path]) -> None:
+    docs = [p for p in paths if p.suffix != ".png"]
+    pngs = [p for p in paths if p.suffix == ".png"]
+    for p in docs:
+        click.echo(f"report: {p}")
+    if pngs:
+        click.echo(f"report: {len(pngs)} plots in {pngs[0].parent}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@data_root_option
+@cache_option
+def report(run_dir, data_root, cache_dir):
+    """Write summary.json, report.md, index.html and plots/ for the sweep run in RUN_DIR.
+
+    The example images need the test split: --data-root, else the folder the run
+    recorded, else $PETSEG_DATA or the download cache; without it they are skipped.
+    """
+    from .report import read_run, write_report
+
+    run_path = Path(run_dir)
+    recorded = read_run(run_path).get("data_root")
+    root = resolve_data_root(data_root) if data_root or not recorded else None  # None: the run's own folder
+    _echo_report(write_report(run_path, data_root=root, cache_dir=Path(cache_dir) if cache_dir else None))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--baseline", "baseline_file", type=click.Path(dir_okay=False), required=True,
+              help="Baseline JSON: per model, clean mDice and each perturbation's mean Dice (seed reduction).")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="Allowed drop in Dice before a figure counts as a regression. Default: the baseline's, else 0.02.")
+@click.option("--update-baseline", is_flag=True, help="Write this run's figures as the new baseline and exit 0.")
+def check(run_dir, baseline_file, tolerance, update_baseline):
+    """Compare the run in RUN_DIR with a baseline; exit 1 if Dice regressed past the tolerance."""
+    from tabulate import tabulate
+
+    from .baseline import HEADERS, baseline_document, compare, load_baseline, resolve_tolerance
+    from .io import write_json_atomic
+    from .report import read_run
+    from .results import load_run
+    from .summary import baseline_values, build_summary
+
+    run_path, baseline_path = Path(run_dir), Path(baseline_file)
+    run_record = read_run(run_path)
+    df = load_run(run_path)
+    if df.empty:
+        raise PetsegError(f"{run_path} has no finished cell yet; run or resume the sweep first")
+    current = baseline_values(build_summary(df, run_record, n_boot=0))
+    if update_baseline:
+        old = load_baseline(baseline_path) if baseline_path.is_file() else None
+        tol = resolve_tolerance(tolerance, old)
+        write_json_atomic(baseline_path, baseline_document(current, tol))
+        n_values = sum(1 + len(m["perturbations"]) for m in current["models"].values())
+        click.echo(f"baseline written: {baseline_path} ({len(current['models'])} models, {n_values} figures, "
+                   f"tolerance {tol:g})")
+        return
+    base = load_baseline(baseline_path, run_path)
+    tol = resolve_tolerance(tolerance, base)
+    results = compare(current, base, tol)
+    click.echo(tabulate([r.row() for r in results], headers=HEADERS, disable_numparse=True,
+                        colalign=("left", "left", "right", "right", "right", "left")))
+    failed = [r for r in results if r.failed]
+    if failed:
+        shown = "; ".join(r.describe() for r in failed[:8]) + (f"; and {len(failed) - 8} more" if len(failed) > 8 else "")
+        raise PetsegError(f"{len(failed)} of {len(results)} figures regressed past tolerance {tol:g} or are "
+                          f"missing ({current['reduction']} reduction): {shown}")
+    n_better = sum(r.status == "improved" for r in results)
+    click.echo(f"ok: {len(results)} figures within tolerance {tol:g} of {baseline_path}"
+               + (f" ({n_better} improved)" if n_better else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

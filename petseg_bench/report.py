@@ -128,9 +128,9 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path, tight: bool = False) -> Path:
+def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, **({"bbox_inches": "tight", "pad_inches": 0.04} if tight else {}))
+    fig.savefig(buf, format="png", dpi=100)
     write_bytes_atomic(path, buf.getvalue())
     return path
 
@@ -167,7 +167,7 @@ def plot_curves(summary: Mapping[str, Any], perturbation: str, path: Path) -> Pa
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{values[lv]:g}" if lv < len(values) and values[lv] is not None else str(lv) for lv in ticks],
                        fontsize=8)
-    ax.set_xlabel(axis_label(info["param"], values))
+    ax.set_xlabel(axis_label(info["param"], [values[lv] if lv < len(values) else None for lv in ticks]))
     ax.set_ylabel(f"mean Dice ({SCORE_REDUCTION} reduction)")
     if ys_all:
         lo, hi = min(ys_all), max(ys_all)
@@ -216,7 +216,9 @@ def example_strips(run: Mapping[str, Any], summary: Mapping[str, Any], plots_dir
             notes.append(f"No example strip for {p}: the perturbation plugin is not installed here.")
             continue
         try:
-            values = list(summary["perturbation_params"].get(p, {}).get("values") or spec.levels)
+            values = list(summary["perturbation_params"].get(p, {}).get("values") or [])
+            if not values or None in values:
+                values = list(spec.levels)
             frames = [image]
             for level in range(1, len(values)):
                 frames += spec.apply([image], float(values[level]), [image_rng(seed, p, level, image_id)])
@@ -228,18 +230,43 @@ def example_strips(run: Mapping[str, Any], summary: Mapping[str, Any], plots_dir
     return paths, notes
 
 
+STRIP_HEIGHT = 200  # thumbnail height in pixels (never upscaled)
+
+
 def _draw_strip(frames: Sequence[np.ndarray], values: Sequence[float], param: str, path: Path) -> Path:
+    """Thumbnails side by side, each titled with its parameter value (PIL: fast, no
+    matplotlib layout pass)."""
+    from PIL import Image, ImageDraw
+
     h, w = frames[0].shape[:2]
-    n = len(frames)
-    cell_w = 1.45
-    fig = _new_figure(cell_w * n, cell_w * h / w + 0.45)
+    th = min(STRIP_HEIGHT, h)
+    tw = max(1, round(w * th / h))
+    gap, band = 6, 24
+    font = _font(13)
+    strip = Image.new("RGB", (len(frames) * tw + (len(frames) - 1) * gap, th + band), "white")
+    draw = ImageDraw.Draw(strip)
     for k, frame in enumerate(frames):
-        ax = fig.add_subplot(1, n, k + 1)
-        ax.imshow(frame, interpolation="antialiased")
-        ax.set_axis_off()
-        ax.set_title(f"{param} {values[k]:g}", fontsize=9)
-    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=1 - 0.38 / (cell_w * h / w + 0.45), wspace=0.04)
-    return _save(fig, path, tight=True)
+        thumb = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).resize((tw, th), Image.LANCZOS)
+        x = k * (tw + gap)
+        strip.paste(thumb, (x, band))
+        title = f"{param} {values[k]:g}"
+        width = draw.textlength(title, font=font)
+        draw.text((x + (tw - width) / 2, 4), title, fill=(31, 35, 40), font=font)
+    buf = io.BytesIO()
+    strip.save(buf, format="PNG", optimize=True)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:  # matplotlib ships DejaVu Sans, so the strips look the same on every machine
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), size)
+    except Exception:  # noqa: BLE001
+        return ImageFont.load_default()
 
 
 # --- sections -------------------------------------------------------------------------------
@@ -292,7 +319,7 @@ def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], run_dir: 
     intro = (
         f"Models: {labels}. Test images: {n}"
         + (f" (a seeded subset, --limit {limit})" if limit else "")
-        + f"; data fingerprint {run.get('data_fingerprint', DASH)}. "
+        + f"; data fingerprint {run.get('data_fingerprint') or DASH}. "
         f"Perturbations ({len(perts)}): {', '.join(perts) or 'none'}; levels 0 (clean, computed once per model) "
         f"and {_ranges(levels)}; perturbation seed {run.get('seed', DASH)}. "
         f"Void (border) pixels were {void}. "
@@ -385,7 +412,9 @@ def robustness_table(summary: Mapping[str, Any]) -> Table:
     rows = []
     for p in summary["perturbations"]:
         info = summary["perturbation_params"].get(p, {})
-        name = f"{p} ({axis_label(info.get('param'), info.get('values') or [])})"
+        values = info.get("values") or []
+        shown = [values[lv] if lv < len(values) else None for lv in all_levels]
+        name = f"{p} ({axis_label(info.get('param'), shown)})"
         for m in summary["models"]:
             curve = summary["curves"].get(m, {}).get(p)
             if not curve:
@@ -424,9 +453,9 @@ def score_tables(summary: Mapping[str, Any]) -> list[Any]:
             f"relative CE: Σ(D_clean − D) / Σ(D_ref,clean − D_ref); {ref} scores 1.000 by construction; mCE and relative mCE "
             f"average them over perturbations (undefined if any term is).{note}")
     return [
-        Table(["model", "clean mDice", "mean Dice (perturbed)", "relative robustness", "AUC", "mCE", "relative mCE"],
+        Table(["model", "clean mDice %", "mean Dice % (perturbed)", "relative robustness", "AUC", "mCE", "relative mCE"],
               overview, caption=f"Per model, averaged over perturbations. {defs}"),
-        Table(["perturbation", "model", "mean Dice L≥1", "relative robustness", "AUC", "CE", "relative CE"], detail,
+        Table(["perturbation", "model", "mean Dice % (L≥1)", "relative robustness", "AUC", "CE", "relative CE"], detail,
               caption="Per model and perturbation.", text_columns=2),
     ]
 
@@ -439,7 +468,7 @@ def provenance_tables(run: Mapping[str, Any]) -> list[Any]:
         ["started", run.get("started", DASH)],
         ["perturbation seed", run.get("seed", DASH)],
         ["test images", f"{len(run.get('image_ids') or [])}" + (f" (--limit {run['limit']})" if run.get("limit") else "")],
-        ["data fingerprint", run.get("data_fingerprint", DASH)],
+        ["data fingerprint", run.get("data_fingerprint") or DASH],
         ["void handling", run.get("void", DASH)],
         ["runtime", run.get("runtime", DASH)],
         ["hardware", run.get("hardware", DASH)],
@@ -456,12 +485,12 @@ def provenance_tables(run: Mapping[str, Any]) -> list[Any]:
         clip = info.get("clip")
         clip_text = f"{clip.get('model')} / {clip.get('pretrained')}" if clip else DASH
         val = (info.get("val") or {}).get("val_miou")
-        ckpt_rows.append([model_label(m), sha, str(info.get("checkpoint", DASH)), str(info.get("in_size", DASH)),
-                          str(info.get("base_channels", DASH)), str(info.get("epoch", DASH)), clip_text, _f(val)])
+        ckpt_rows.append([model_label(m), sha, str(info.get("checkpoint", DASH)), clip_text, str(info.get("in_size", DASH)),
+                          str(info.get("base_channels", DASH)), str(info.get("epoch", DASH)), _f(val)])
     packages = [[k, str(v)] for k, v in (run.get("packages") or {}).items()]
     out: list[Any] = [Table(["item", "value"], facts, caption="Run", text_columns=2)]
-    out.append(Table(["model", "sha256", "checkpoint", "input size", "base channels", "epoch", "CLIP (model / pretrained)",
-                      "val mIoU"], ckpt_rows, caption="Checkpoints", text_columns=3))
+    out.append(Table(["model", "sha256", "checkpoint", "CLIP (model / pretrained)", "input size", "base channels", "epoch",
+                      "val mIoU"], ckpt_rows, caption="Checkpoints", text_columns=4))
     if packages:
         out.append(Table(["package", "version"], packages, caption="Packages", text_columns=2))
     return out

@@ -36,7 +36,8 @@ from .training import load_model
 
 RUN_FILE = "run.json"
 # run.json keys that must match for --resume to reuse finished cells.
-RESUME_KEYS = ("models", "perturbations", "levels", "seed", "limit", "void", "image_ids", "data_fingerprint", "checkpoints")
+RESUME_KEYS = ("models", "perturbations", "levels", "seed", "limit", "void", "image_ids", "data_fingerprint",
+               "checkpoints", "perturbation_values")
 
 
 def parse_levels(text: str | None, n_levels: int = 10) -> list[int]:
@@ -119,6 +120,8 @@ def run_sweep(plan: SweepPlan, checkpoints_dir: Path, run_dir: Path, data_root: 
         "image_ids": ids,
         "data_fingerprint": test.fingerprint,
         "checkpoints": {m: file_sha256(p) for m, p in ckpts.items()},
+        # A plugin that changed its level values makes old cells stale.
+        "perturbation_values": {p: list(s.levels) for p, s in pert_specs.items()},
     }
     run_dir = Path(run_dir)
     run_file = run_dir / RUN_FILE
@@ -128,7 +131,7 @@ def run_sweep(plan: SweepPlan, checkpoints_dir: Path, run_dir: Path, data_root: 
         saved = json.loads(run_file.read_text())
         if not resume:
             raise PetsegError(f"{run_dir} already holds a run; pass --resume to finish it, or choose another --out")
-        diff = [k for k in RESUME_KEYS if saved.get(k) != record[k]]
+        diff = [k for k in RESUME_KEYS if _canonical(k, saved.get(k)) != _canonical(k, record[k])]
         if diff:
             detail = "; ".join(_describe_diff(k, saved.get(k), record[k]) for k in diff[:3])
             raise PetsegError(f"--resume: {run_dir} was made with another configuration ({detail})")
@@ -237,6 +240,11 @@ def _run_group(pert, level, value, models, predictors, pert_spec, images, labels
                 if bar is not None:
                     bar.update(len(labs))
     return {m: np.stack(v) for m, v in mats.items()}
+
+
+def _canonical(key: str, value):
+    """Order does not matter for the model and perturbation lists."""
+    return sorted(value) if key in ("models", "perturbations") and value is not None else value
 
 
 def _describe_diff(key: str, old, new) -> str:

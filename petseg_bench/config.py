@@ -105,8 +105,8 @@ PROFILES: dict[str, Profile] = {
         model={"in_size": 256, "base_channels": 64},
     ),
     "quick": Profile(
-        "quick", "CPU minutes: 96 px, 16 base channels, 240 training images, 6 epochs, lr 1e-3",
-        train={"epochs": 6, "batch_size": 16, "lr": 1e-3, "limit": 240, "val_limit": 60,
+        "quick", "CPU minutes: 96 px, 16 base channels, 400 training images, 12 epochs, lr 1e-3",
+        train={"epochs": 12, "batch_size": 16, "lr": 1e-3, "limit": 400, "val_limit": 60,
                "patience": 0, "restart_epochs": 6},
         model={"in_size": 96, "base_channels": 16, "latent_dim": 256, "heatmap_sigma": 4.0,
                "clip_model": "petseg-tiny-vit", "clip_pretrained": "none"},

@@ -315,7 +315,9 @@ def _echo_report(paths: list[Path]) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @data_root_option
 @cache_option
-def report(run_dir, data_root, cache_dir):
+@click.option("--examples/--no-examples", default=True, show_default=True,
+              help="Draw the example strips (they show test images; leave them out of committed reports).")
+def report(run_dir, data_root, cache_dir, examples):
     """Write summary.json, report.md, index.html and plots/ for the sweep run in RUN_DIR.
 
     The example images need the test split: --data-root, else the folder the run
@@ -326,7 +328,8 @@ def report(run_dir, data_root, cache_dir):
     run_path = Path(run_dir)
     recorded = read_run(run_path).get("data_root")
     root = resolve_data_root(data_root) if data_root or not recorded else None  # None: the run's own folder
-    _echo_report(write_report(run_path, data_root=root, cache_dir=Path(cache_dir) if cache_dir else None))
+    _echo_report(write_report(run_path, data_root=root, cache_dir=Path(cache_dir) if cache_dir else None,
+                              examples=examples))
 
 
 @main.command()

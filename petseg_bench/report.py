@@ -83,7 +83,7 @@ class Section:
 # --- entry point --------------------------------------------------------------------------
 
 def write_report(run_dir: Path, data_root: Path | None = None, cache_dir: Path | None = None,
-                 n_boot: int = 500) -> list[Path]:
+                 n_boot: int = 500, examples: bool = True) -> list[Path]:
     """Write ``summary.json``, ``report.md``, ``index.html`` and ``plots/*.png`` into
     ``run_dir``; returns every written path (the three documents first)."""
     run_dir = Path(run_dir)
@@ -95,7 +95,10 @@ def write_report(run_dir: Path, data_root: Path | None = None, cache_dir: Path |
 
     plots_dir = run_dir / PLOTS_DIR
     curve_paths = {p: plot_curves(summary, p, plots_dir / f"dice-{p}.png") for p in summary["perturbations"]}
-    strip_paths, strip_notes = example_strips(run, summary, plots_dir, data_root, cache_dir)
+    if examples:
+        strip_paths, strip_notes = example_strips(run, summary, plots_dir, data_root, cache_dir)
+    else:  # e.g. a report committed to a repository, which must hold no dataset pixels
+        strip_paths, strip_notes = {}, ["Example images left out (--no-examples): they show dataset images."]
 
     sections = build_sections(run, summary, run_dir, curve_paths, strip_paths, strip_notes)
     title = "petseg-bench robustness report"

@@ -201,3 +201,21 @@ def test_real_registry_is_clean():
     assert not [p for p in reg.problems if any(p.startswith(f"plugin {n!r}") for n in builtin)], reg.problems
     assert {"unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet"} <= set(reg.models)
     assert len(reg.perturbations) >= 8 and {"iou", "dice", "pixel_accuracy"} <= set(reg.metrics)
+
+
+def test_no_generic_top_level_names_installed():
+    """plugins/ and perturbations/ install under distinct names, never as `plugins`."""
+    import importlib.util
+
+    import petseg_bench_models
+    import petseg_bench_perturbations
+
+    assert importlib.util.find_spec("petseg_bench_models") is not None
+    assert importlib.util.find_spec("petseg_bench_perturbations") is not None
+    for generic in ("plugins", "perturbations"):
+        spec = importlib.util.find_spec(generic)
+        # Running pytest from the repo root may put the source folder itself on sys.path;
+        # what must not exist is an installed package of that name in site-packages.
+        assert spec is None or "site-packages" not in str(spec.origin or spec.submodule_search_locations)
+    assert petseg_bench_models.__name__ == "petseg_bench_models"
+    assert petseg_bench_perturbations.__name__ == "petseg_bench_perturbations"

@@ -575,3 +575,20 @@ def test_train_click_is_on_the_pet_and_seeded():
     assert all(label[y, x] == 1 for y, x in clicks)
     assert len(set(clicks)) > 10
     assert [train_click(label, np.random.default_rng(7)) for _ in range(3)] == [train_click(label, np.random.default_rng(7))] * 3
+
+
+def test_wandb_without_the_package_is_one_clear_line(monkeypatch):
+    import builtins
+
+    from petseg_bench.training import _wandb_run
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(PetsegError, match="pip install wandb"):
+        _wandb_run(True, "unet", {})

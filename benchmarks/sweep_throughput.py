@@ -38,6 +38,7 @@ from petseg_bench.data.cache import prepare  # noqa: E402
 from petseg_bench.data.split import limit as limit_positions  # noqa: E402
 from petseg_bench.inference import Predictor  # noqa: E402
 from petseg_bench.metrics import confusion_matrix  # noqa: E402
+from petseg_bench.optimize import fold_batchnorm  # noqa: E402
 from petseg_bench.plugins import get_registry  # noqa: E402
 from petseg_bench.provenance import hardware  # noqa: E402
 from petseg_bench.runtime import Runtime  # noqa: E402
@@ -79,8 +80,10 @@ def make_checkpoint(folder: Path, profile: str) -> Path:
     return path
 
 
-def seed_style(model, config, images, labels, ids, cells, seed) -> float:
-    """(a): the seed's robustness loop, one image at a time in fp32."""
+def seed_style(model, config, images, labels, ids, levels, seed, useful: int) -> float:
+    """(a): the seed's robustness loop, one image at a time in fp32. Like the seed's
+    robustness_test.py it runs levels 0..L for every perturbation (level 0 again each
+    time); the rate counts the image-levels of the same results table as the engine's."""
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
@@ -89,7 +92,7 @@ def seed_style(model, config, images, labels, ids, cells, seed) -> float:
                      A.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), ToTensorV2()])
     reg = get_registry()
     model = model.float().to(memory_format=torch.contiguous_format).eval()
-    n = 0
+    cells = [(p, lv) for p in PERTURBATIONS for lv in [0] + levels]
     t0 = time.perf_counter()
     with torch.no_grad():
         for pert, level in cells:
@@ -101,8 +104,7 @@ def seed_style(model, config, images, labels, ids, cells, seed) -> float:
                 pred = model(image=x).argmax(1, keepdim=True).float()
                 pred = F.interpolate(pred, size=lab.shape, mode="nearest")[0, 0].to(torch.uint8).numpy()
                 confusion_matrix(pred, lab)
-                n += 1
-    return n / (time.perf_counter() - t0)
+    return useful / (time.perf_counter() - t0)
 
 
 def pure_forward(predictor: Predictor, n: int, batch: int) -> float:
@@ -126,6 +128,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--data-root", default=os.environ.get("PETSEG_DATA", "../shared/data/oxford-iiit-pet"))
     ap.add_argument("--skip-seed-style", action="store_true", help="Only (b), (c), (d).")
+    ap.add_argument("--compile", action="store_true", help="Engine and pure forward with torch.compile.")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     seed = 0
@@ -146,13 +149,17 @@ def main() -> None:
         d = matmul_gflops()
         t0 = time.perf_counter()
         record = run_sweep(SweepPlan(["unet"], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
-                                     limit=args.images), tmp / "ckpt", tmp / "run", Path(args.data_root),
-                           log=lambda m: None)
+                                     limit=args.images, compile=args.compile), tmp / "ckpt", tmp / "run",
+                           Path(args.data_root), log=lambda m: None)
         b_total = n_image_levels / (time.perf_counter() - t0)
         b = record["image_levels_per_s"]
-        c = pure_forward(Predictor(model, spec, config, runtime), n_image_levels, args.batch_size)
+        fold_batchnorm(model)  # the same model the engine runs
+        pure = Predictor(model, spec, config, runtime)
+        if args.compile:
+            pure.compile(args.batch_size)
+        c = pure_forward(pure, n_image_levels, args.batch_size)
         a = None if args.skip_seed_style else seed_style(load_model(ckpt, Runtime.choose(precision="fp32"))[2],
-                                                         config, images, labels, ids, cells, seed)
+                                                         config, images, labels, ids, levels, seed, n_image_levels)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": hardware(),
@@ -163,6 +170,7 @@ def main() -> None:
         "cells": len(cells),
         "image_levels": n_image_levels,
         "runtime": runtime.describe(),
+        "compile": args.compile,
         "model_gflop_per_image": round(flops / 1e9, 3),
         "a_seed_style_image_levels_per_s": None if a is None else round(a, 3),
         "b_engine_image_levels_per_s": round(b, 3),
@@ -174,7 +182,7 @@ def main() -> None:
         "engine_gflops": round(b * flops / 1e9, 1),
         "engine_fraction_of_matmul_rate": round(b * flops / 1e9 / d, 3),
     }
-    print(f"profile {args.profile}: U-Net base {config.base_channels} at {config.in_size} px, "
+    print(f"profile {args.profile}{' (torch.compile)' if args.compile else ''}: U-Net base {config.base_channels} at {config.in_size} px, "
           f"{flops / 1e9:.2f} GFLOP/image, {len(ids)} images x {len(cells)} cells")
     if a is not None:
         print(f"(a) seed-style loop      {a:9.2f} image-levels/s")
@@ -185,7 +193,8 @@ def main() -> None:
         print(f"b/a = {b / a:.2f}x   ", end="")
     print(f"c/b = {c / b:.2f} (engine time over pure compute)   b achieves {b * flops / 1e9:.1f} GFLOP/s "
           f"= {b * flops / 1e9 / d:.0%} of d")
-    out = Path(__file__).parent / "results" / f"sweep_throughput_{args.profile}.json"
+    suffix = "_compiled" if args.compile else ""
+    out = Path(__file__).parent / "results" / f"sweep_throughput_{args.profile}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {out}", file=sys.stderr)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data.letterbox import Letterbox
 from .inputs import eval_click, model_inputs
@@ -22,9 +22,18 @@ class Predictor:
     spec: ModelSpec
     config: ModelConfig
     runtime: Runtime
+    #: With torch.compile, batches are padded to this size so one graph serves the
+    #: whole sweep (a smaller last batch would otherwise trigger a recompile).
+    pad_to: int | None = None
 
     def __post_init__(self) -> None:
         self.model.eval()
+        self.forward = self.model
+
+    def compile(self, batch_size: int) -> None:
+        """Compile the forward (torch.compile): slower first batch, faster after."""
+        self.forward = torch.compile(self.model, dynamic=False)
+        self.pad_to = batch_size
 
     @torch.no_grad()
     def logits(self, images_u8: torch.Tensor, points: torch.Tensor | None = None,
@@ -41,8 +50,11 @@ class Predictor:
                               self.config.heatmap_sigma, rt.channels_last)
         if clip_features is not None:
             inputs["clip_features"] = clip_features.to(rt.device)
+        n = images_u8.shape[0]
+        if self.pad_to and n < self.pad_to:
+            inputs = {k: _pad(v, self.pad_to) for k, v in inputs.items()}
         with rt.autocast():
-            return self.model(**inputs).float()
+            return self.forward(**inputs)[:n].float()
 
     def letterbox(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None = None):
         if "point" in self.spec.inputs and labels is None:
@@ -54,6 +66,11 @@ class Predictor:
         """Label maps at each image's original resolution."""
         batch, boxes, points = self.letterbox(images, labels)
         return restore(self.logits(batch, points, clip_features), boxes)
+
+
+def _pad(x: torch.Tensor, n: int) -> torch.Tensor:
+    pad = x.new_zeros((n - x.shape[0],) + tuple(x.shape[1:]))
+    return torch.cat([x, pad]).contiguous(memory_format=torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np.ndarray] | None = None):
@@ -68,17 +85,33 @@ def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np
 
 
 def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray]:
-    """Un-pad each image's logits, resize them (bilinear) to its original size, argmax."""
-    # channels_last logits make every per-image crop strided, which slows the
-    # interpolate and argmax below several times over.
-    logits = logits.contiguous()
+    """Un-pad each image's logits, resize them (bilinear) to its original size, argmax.
+
+    OpenCV's resize on HWC float32 and a per-class running maximum are several times
+    faster here than torch's interpolate and argmax on the CPU, with the same result
+    (half-pixel centres, first class wins ties).
+    """
+    batch = logits.float().cpu().permute(0, 2, 3, 1).numpy()  # [B, S, S, C]
     out = []
-    for lg, lb in zip(logits, boxes):
-        content = lb.crop(lg)[None].contiguous()
-        if content.shape[-2:] != (lb.height, lb.width):
-            content = F.interpolate(content, size=(lb.height, lb.width), mode="bilinear", align_corners=False)
-        out.append(np.argmax(content[0].cpu().numpy(), axis=0).astype(np.uint8))  # numpy: ~10x faster than torch here
+    for lg, lb in zip(batch, boxes):
+        content = np.ascontiguousarray(lg[lb.top:lb.top + lb.new_h, lb.left:lb.left + lb.new_w])
+        if content.shape[:2] != (lb.height, lb.width):
+            content = cv2.resize(content, (lb.width, lb.height), interpolation=cv2.INTER_LINEAR)
+            if content.ndim == 2:  # OpenCV drops a single channel axis
+                content = content[..., None]
+        out.append(argmax_last(content))
     return out
+
+
+def argmax_last(x: np.ndarray) -> np.ndarray:
+    """``argmax`` over the last axis as uint8; the first class wins ties, as np.argmax."""
+    idx = np.zeros(x.shape[:-1], np.uint8)
+    best = x[..., 0].copy()
+    for c in range(1, x.shape[-1]):
+        better = x[..., c] > best
+        idx[better] = c
+        np.maximum(best, x[..., c], out=best)
+    return idx
 
 
 def confusion_over(predictor: Predictor, prepared, positions: Sequence[int], batch_size: int = 16,

@@ -28,6 +28,7 @@ from .inference import Predictor, letterbox_batch, restore
 from .inputs import clip_image
 from .io import write_json_atomic
 from .metrics import confusion_matrix
+from .optimize import fold_batchnorm
 from .plugins import get_registry
 from .provenance import code_version, file_sha256, hardware, package_versions
 from .results import CLEAN, Cell, read_cell, write_cell
@@ -87,6 +88,7 @@ class SweepPlan:
     batch_size: int = 32
     limit: int | None = None
     void: str = "nearest"
+    compile: bool = False  # torch.compile each model: pays on long sweeps, costs a cold start
     extra: dict = field(default_factory=dict)
 
 
@@ -138,6 +140,7 @@ def run_sweep(plan: SweepPlan, checkpoints_dir: Path, run_dir: Path, data_root: 
         record = {**saved, **record}
     record.update({
         "batch_size": plan.batch_size,
+        "compile": plan.compile,
         "code_version": code_version(),
         "packages": package_versions(),
         "hardware": hardware(),
@@ -151,7 +154,10 @@ def run_sweep(plan: SweepPlan, checkpoints_dir: Path, run_dir: Path, data_root: 
     model_info = {}
     for m, path in ckpts.items():
         spec, config, model, data = load_model(path, runtime, expect_model=m)
+        fold_batchnorm(model)  # inference only: BN folded into the conv before it
         predictors[m] = Predictor(model, spec, config, runtime)
+        if plan.compile:
+            predictors[m].compile(plan.batch_size)
         model_info[m] = {"checkpoint": str(path), "sha256": record["checkpoints"][m], "clip": data.get("clip"),
                          "eval_click_rule": data.get("eval_click_rule"), "in_size": config.in_size,
                          "base_channels": config.base_channels, "train_config": data.get("train_config"),

@@ -1,0 +1,104 @@
+"""Peak memory (RSS) of a five-model sweep at the paper width, against a baseline.
+
+Every built-in model is built at the paper setting (256 px, 64 base channels, CLIP
+ViT-B-32 with random weights: throughput and memory do not depend on the values) and
+saved as a checkpoint; then `petseg-bench run` sweeps them in a child process whose peak
+RSS is read from the OS. The baseline, measured the same way in the same run, is a
+child that only loads the five models. Memory is set by the models plus one batch in
+flight, since finished cells go straight to disk; a few cells at the default batch size
+reach the peak of a full sweep.
+
+    python benchmarks/sweep_memory.py [--images 32] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+TARGET_GB = 4.0
+MODELS = ["unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet"]
+
+LOAD_ONLY = """
+import sys
+from pathlib import Path
+from petseg_bench.training import load_model
+for m in sys.argv[2:]:
+    load_model(Path(sys.argv[1]) / m / "best.pt")
+"""
+
+
+def make_checkpoints(folder: Path) -> None:
+    import torch
+
+    from petseg_bench import checkpoint
+    from petseg_bench.plugins import get_registry
+    from petseg_bench.training import trainable_state
+
+    reg = get_registry()
+    for m in MODELS:
+        spec = reg.get("model", m)
+        config = spec.config(in_size=256, base_channels=64, clip_model="ViT-B-32", clip_pretrained="none")
+        torch.manual_seed(0)
+        model = spec.build(config)
+        checkpoint.save(folder / m / "best.pt", {
+            "model": m, "model_config": config.to_dict(), "train_config": {"void": "nearest"},
+            "data_fingerprint": "benchmark", "code_version": "benchmark", "state_dict": trainable_state(model),
+            "clip": {"model": "ViT-B-32", "pretrained": "none"} if spec.uses_clip else None, "eval_click_rule": None})
+        del model
+
+
+def child_peak_gb(cmd: list[str]) -> float:
+    """Peak RSS of one child process, in GB (ru_maxrss is in KiB on Linux)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if after <= before:
+        raise RuntimeError("this child's peak did not exceed an earlier child's; run the measurements in order")
+    return after * 1024 / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--data-root", default=os.environ.get("PETSEG_DATA", "../shared/data/oxford-iiit-pet"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_checkpoints(tmp / "ckpt")
+        # The smaller process first: RUSAGE_CHILDREN keeps the maximum over all children.
+        base = child_peak_gb([sys.executable, "-c", LOAD_ONLY, str(tmp / "ckpt"), *MODELS])
+        peak = child_peak_gb([sys.executable, "-m", "petseg_bench.cli", "run", "--models", "all",
+                              "--perturbations", "gaussian_noise,salt_and_pepper", "--levels", "9",
+                              "--checkpoints", str(tmp / "ckpt"), "--out", str(tmp / "run"),
+                              "--data-root", args.data_root, "--limit", str(args.images),
+                              "--batch-size", str(args.batch_size), "--no-report"])
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "models": MODELS, "width": "256 px, 64 base channels, CLIP ViT-B-32 (random init)",
+        "images": args.images, "batch_size": args.batch_size,
+        "baseline_load_only_peak_rss_gb": round(base, 3),
+        "sweep_peak_rss_gb": round(peak, 3),
+        "sweep_over_baseline": round(peak / base, 3),
+        "sweep_over_target_4gb": round(peak / TARGET_GB, 3),
+    }
+    print(f"five models loaded: {base:.2f} GB peak RSS; five-model sweep (batch {args.batch_size}): "
+          f"{peak:.2f} GB = {peak / base:.2f}x the load-only baseline, {peak / TARGET_GB:.0%} of the {TARGET_GB:g} GB target")
+    out = Path(__file__).parent / "results" / "sweep_memory.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,8 +29,12 @@ def gaussian_noise(images: Sequence, value: float, rngs: Sequence) -> list:
         return [np.array(img, copy=True) for img in images]
     out = []
     for img, rng in zip(images, rngs, strict=True):
-        noise = rng.normal(0.0, std, size=img.shape)
-        out.append(np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8))
+        # float32 draws in place: about twice as fast as float64 normal() on a CPU.
+        noisy = rng.standard_normal(img.shape, dtype=np.float32)
+        noisy *= std
+        noisy += img
+        np.clip(noisy, 0, 255, out=noisy)
+        out.append(noisy.astype(np.uint8))
     return out
 
 

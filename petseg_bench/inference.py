@@ -25,15 +25,22 @@ class Predictor:
     #: With torch.compile, batches are padded to this size so one graph serves the
     #: whole sweep (a smaller last batch would otherwise trigger a recompile).
     pad_to: int | None = None
+    #: Input pixels per forward: larger batches run in slices, which bounds the
+    #: activation memory (16 images at 256 px) without costing throughput.
+    max_pixels: int = 16 * 256 * 256
 
     def __post_init__(self) -> None:
         self.model.eval()
         self.forward = self.model
 
+    @property
+    def slice_size(self) -> int:
+        return max(1, self.max_pixels // (self.config.in_size ** 2))
+
     def compile(self, batch_size: int) -> None:
         """Compile the forward (torch.compile): slower first batch, faster after."""
         self.forward = torch.compile(self.model, dynamic=False)
-        self.pad_to = batch_size
+        self.pad_to = min(batch_size, self.slice_size)
 
     @torch.no_grad()
     def logits(self, images_u8: torch.Tensor, points: torch.Tensor | None = None,
@@ -50,11 +57,16 @@ class Predictor:
                               self.config.heatmap_sigma, rt.channels_last)
         if clip_features is not None:
             inputs["clip_features"] = clip_features.to(rt.device)
-        n = images_u8.shape[0]
-        if self.pad_to and n < self.pad_to:
-            inputs = {k: _pad(v, self.pad_to) for k, v in inputs.items()}
-        with rt.autocast():
-            return self.forward(**inputs)[:n].float()
+        step = self.slice_size
+        outs = []
+        for start in range(0, images_u8.shape[0], step):
+            part = {k: v[start:start + step] for k, v in inputs.items()}
+            n = next(iter(part.values())).shape[0]
+            if self.pad_to and n < self.pad_to:
+                part = {k: _pad(v, self.pad_to) for k, v in part.items()}
+            with rt.autocast():
+                outs.append(self.forward(**part)[:n].float())
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def letterbox(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None = None):
         if "point" in self.spec.inputs and labels is None:

@@ -221,31 +221,36 @@ def _run_group(pert, level, value, models, predictors, pert_spec, images, labels
         boxed = {s: letterbox_batch(imgs, s, labs if needs_clicks else None) for s in sizes}
         return labs, boxed
 
+    def score(logits, boxes, labs, n_classes):
+        return [confusion_matrix(p, t, n_classes) for p, t in zip(restore(logits, boxes), labs)]
+
     mats = {m: [] for m in models}
     starts = list(range(0, len(images), batch_size))
-    with ThreadPoolExecutor(1) as pool:
+    # Two helper threads: one prepares the next batch (perturb, letterbox), one turns
+    # logits into confusion matrices; the main thread only runs the models.
+    with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as post:
         pending = pool.submit(produce, starts[0])
         for k, _ in enumerate(starts):
             labs, boxed = pending.result()
             if k + 1 < len(starts):
-                pending = pool.submit(produce, starts[k + 1])  # overlaps the next batch's data work
+                pending = pool.submit(produce, starts[k + 1])
             clip_cache: dict[tuple[str, int], torch.Tensor] = {}
             for m in models:
                 pr = predictors[m]
                 batch, boxes, points = boxed[pr.config.in_size]
                 feats = None
                 key = getattr(pr.model, "clip_key", None)
-                if key is not None:
+                if key is not None:  # one CLIP pass per batch, shared by every model on that backbone
                     ck = (key, pr.config.in_size)
                     if ck not in clip_cache:
                         with torch.no_grad(), pr.runtime.autocast():
                             clip_cache[ck] = pr.model.clip(clip_image(batch.to(pr.runtime.device))).float()
                     feats = clip_cache[ck]
-                preds = restore(pr.logits(batch, points if "point" in pr.spec.inputs else None, feats), boxes)
-                mats[m] += [confusion_matrix(p, t, pr.config.n_classes) for p, t in zip(preds, labs)]
+                logits = pr.logits(batch, points if "point" in pr.spec.inputs else None, feats)
+                mats[m].append(post.submit(score, logits, boxes, labs, pr.config.n_classes))
                 if bar is not None:
                     bar.update(len(labs))
-    return {m: np.stack(v) for m, v in mats.items()}
+        return {m: np.stack([cm for f in futures for cm in f.result()]) for m, futures in mats.items()}
 
 
 def _canonical(key: str, value):

@@ -138,3 +138,15 @@ def real_data() -> Path:
     if not (REAL_DATA / "annotations").is_dir():
         pytest.skip(f"real data not found at {REAL_DATA}")
     return REAL_DATA
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def one_error_line(text: str) -> str:
+    """The single ``Error:`` line of a failed CLI call (and no traceback)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in text, text
+    assert len(lines) == 1 and lines[0].startswith("Error:"), text
+    return lines[0]

@@ -32,7 +32,7 @@ from petseg_bench.results import CLEAN, CM_COLUMNS, Cell, load_run, read_cell, w
 from petseg_bench.sweep import RUN_FILE, SweepPlan, image_rng, parse_levels, run_sweep
 from petseg_bench.training import train
 
-from conftest import write_dataset
+from conftest import one_error_line, quiet, write_dataset
 
 MODELS = ["unet", "point_clip_unet"]
 PERTS = ["gaussian_noise", "occlusion", "salt_and_pepper"]
@@ -45,18 +45,6 @@ TINY = dict(in_size=32, base_channels=4, clip_model="petseg-tiny-vit", clip_pret
 # models predict one class everywhere, whatever the input, and no seed could show.
 TRAIN = TrainConfig(epochs=10, lr=1e-2, batch_size=4, workers=0, precision="fp32", device="cpu",
                     val_fraction=0.25, patience=0)
-
-
-def quiet(_message: str) -> None:
-    pass
-
-
-def one_error_line(text: str) -> str:
-    """The single ``Error:`` line of a failed CLI call (and no traceback)."""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in text, text
-    assert len(lines) == 1 and lines[0].startswith("Error:"), text
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from petseg_bench.runtime import Runtime
 from petseg_bench.specs import MetricSpec
 from petseg_bench.training import load_model, train
 
-from conftest import write_dataset
+from conftest import one_error_line, quiet, write_dataset
 
 MODELS = ("unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet")
 CLIP_MODELS = ("clip_only", "clip_unet", "point_clip_unet")
@@ -49,18 +49,6 @@ def tiny_cfg(**kw) -> TrainConfig:
     base = dict(epochs=2, batch_size=4, workers=0, precision="fp32", device="cpu", seed=3, val_fraction=0.25,
                 lr=1e-3, patience=0)
     return TrainConfig(**{**base, **kw})
-
-
-def quiet(_message: str) -> None:
-    pass
-
-
-def one_error_line(text: str) -> str:
-    """The single ``Error:`` line of a failed CLI call (and no traceback)."""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in text, text
-    assert len(lines) == 1 and lines[0].startswith("Error:"), text
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

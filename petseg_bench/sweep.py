@@ -9,6 +9,7 @@ written atomically; ``--resume`` skips them and recomputes anything unreadable.
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 from collections import defaultdict
@@ -38,7 +39,7 @@ from .training import load_model
 RUN_FILE = "run.json"
 # run.json keys that must match for --resume to reuse finished cells.
 RESUME_KEYS = ("models", "perturbations", "levels", "seed", "limit", "void", "image_ids", "data_fingerprint",
-               "checkpoints", "perturbation_values")
+               "checkpoints", "perturbation_params")
 
 
 def parse_levels(text: str | None, n_levels: int = 10) -> list[int]:
@@ -123,13 +124,11 @@ def run_sweep(plan: SweepPlan, checkpoints_dir: Path, run_dir: Path, data_root: 
         "data_fingerprint": test.fingerprint,
         "checkpoints": {m: file_sha256(p) for m, p in ckpts.items()},
         # A plugin that changed its level values makes old cells stale.
-        "perturbation_values": {p: list(s.levels) for p, s in pert_specs.items()},
+        "perturbation_params": {p: {"param": s.param, "values": list(s.levels)} for p, s in pert_specs.items()},
     }
     run_dir = Path(run_dir)
     run_file = run_dir / RUN_FILE
     if run_file.is_file():
-        import json
-
         saved = json.loads(run_file.read_text())
         if not resume:
             raise PetsegError(f"{run_dir} already holds a run; pass --resume to finish it, or choose another --out")
@@ -145,7 +144,6 @@ def run_sweep(plan: SweepPlan, checkpoints_dir: Path, run_dir: Path, data_root: 
         "packages": package_versions(),
         "hardware": hardware(),
         "runtime": runtime.describe(),
-        "perturbation_params": {p: {"param": s.param, "values": list(s.levels)} for p, s in pert_specs.items()},
         "started": record.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **plan.extra,
     })

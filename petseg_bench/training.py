@@ -181,7 +181,6 @@ def train(model_name: str, cfg: TrainConfig, model_overrides: dict[str, Any], da
         log(f"{model_name}: already finished ({state['epoch']} epochs); nothing to do")
 
     train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=True, clicks="train", seed=cfg.seed)
-    val_set_positions = val_pos
     predictor = Predictor(model, spec, mcfg, runtime)
     class_weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=runtime.device)
     ce_w = spec.loss.ce if cfg.ce_weight is None else cfg.ce_weight
@@ -214,7 +213,7 @@ def train(model_name: str, cfg: TrainConfig, model_overrides: dict[str, Any], da
                    "images_per_s": round(seen / seconds, 2)}
             improved = False
             if phase.loss == "segmentation":
-                cms = confusion_over(predictor, prepared, val_set_positions, batch_size=cfg.batch_size)
+                cms = confusion_over(predictor, prepared, val_pos, batch_size=cfg.batch_size)
                 miou = mean_over_classes(reduce(_IOU, cms, "dataset"))
                 row.update(val_miou=round(miou, 6), val_mdice=round(mean_over_classes(reduce(_DICE, cms, "dataset")), 6),
                            val_miou_seed=round(mean_over_classes(reduce(_IOU, cms, "seed")), 6))

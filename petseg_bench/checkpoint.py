@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import PetsegError
+from .errors import PetsegError, one_line
 
 FORMAT = "petseg-bench-checkpoint"
 FORMAT_VERSION = 1
@@ -31,7 +31,7 @@ def save(path: Path, payload: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # disk full (torch says RuntimeError), permissions: the old file stays
-        raise PetsegError(f"could not write checkpoint {path} ({_first_line(exc)}); the previous one is kept") from None
+        raise PetsegError(f"could not write checkpoint {path} ({one_line(exc, 160)}); the previous one is kept") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -48,9 +48,9 @@ def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "WeightsUnpickler" in str(exc):
             raise PetsegError(f"checkpoint {path} holds pickled Python objects; refused "
                               "(only tensors and plain data are loaded)") from None
-        raise PetsegError(f"checkpoint {path} is corrupt ({_first_line(exc)})") from None
+        raise PetsegError(f"checkpoint {path} is corrupt ({one_line(exc, 160)})") from None
     except Exception as exc:  # noqa: BLE001 - torch's readers raise many kinds (KeyError, RuntimeError, EOFError...)
-        raise PetsegError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise PetsegError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {one_line(exc, 160)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PetsegError(f"{path} is not a petseg-bench checkpoint")
     if data.get("format_version", 0) > FORMAT_VERSION:
@@ -59,7 +59,3 @@ def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
         raise PetsegError(f"checkpoint {path} is for model {data.get('model')!r}, not {expect_model!r}")
     return data
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:160]

@@ -11,3 +11,11 @@ class DataError(PetsegError):
 
 class PluginError(PetsegError):
     """A plugin could not be loaded, validated or found."""
+
+
+def one_line(exc: BaseException, limit: int = 300, default: str | None = None) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters, for
+    one-line errors; ``default`` (else the exception's type name) when it has none."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else (default if default is not None else type(exc).__name__)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, one_line
 from .specs import MetricSpec, ModelSpec, PerturbationSpec
 
 GROUP = "petseg_bench"
@@ -91,7 +91,7 @@ def make_manager(entry_points: Iterable[importlib.metadata.EntryPoint] | None = 
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported, not raised
-            problems.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {_one_line(exc)}")
+            problems.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {one_line(exc, default='(no message)')}")
     return pm, problems
 
 
@@ -104,7 +104,7 @@ def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) 
             try:
                 specs = impl.function()
             except Exception as exc:  # noqa: BLE001
-                reg.problems.append(f"plugin {plugin!r}: {hook_name}() raised {type(exc).__name__}: {_one_line(exc)}")
+                reg.problems.append(f"plugin {plugin!r}: {hook_name}() raised {type(exc).__name__}: {one_line(exc, default='(no message)')}")
                 continue
             if specs is None:
                 specs = []
@@ -119,7 +119,7 @@ def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) 
                         raise ValueError(f"expected {spec_cls.__name__}, got {type(spec).__name__}")
                     spec.validate()
                 except Exception as exc:  # noqa: BLE001
-                    reg.problems.append(f"plugin {plugin!r}: invalid {kind} spec {label!r}: {_one_line(exc)}")
+                    reg.problems.append(f"plugin {plugin!r}: invalid {kind} spec {label!r}: {one_line(exc, default='(no message)')}")
                     continue
                 table = reg.table(kind)
                 if spec.name in table:
@@ -137,7 +137,3 @@ def get_registry() -> Registry:
     pm, problems = make_manager()
     return build_registry(pm, problems)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else "(no message)"

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import PetsegError
+from .errors import PetsegError, one_line
 from .io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from .results import load_run
 from .seed_figures import (MODEL_LABELS, ROBUSTNESS_NOTE, SEED_SOURCE, TABLE1, TABLE1_PROVIDED_BASELINE, TABLE2,
@@ -534,5 +534,5 @@ def render_html(title: str, sections: Sequence[Section], run: Mapping[str, Any])
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    message = one_line(exc, default="")
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -35,7 +35,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
-from petseg_bench.errors import PetsegError
+from petseg_bench.errors import PetsegError, one_line
 
 #: CLIP's own preprocessing (the OpenAI constants; the models here use them at 224 px).
 CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_DATASET_MEAN)  # type: ignore[assignment]
@@ -153,14 +153,9 @@ def _load_file(model: nn.Module, model_name: str, path: str) -> None:
         model.visual.load_state_dict(state, strict=True)
     except Exception:  # noqa: BLE001
         raise PetsegError(
-            f"could not load CLIP weights for {model_name} from {path}: {type(first).__name__}: {_one_line(first)}"
+            f"could not load CLIP weights for {model_name} from {path}: {type(first).__name__}: {one_line(first)}"
         ) from first
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _build(model_name: str, pretrained: str) -> ClipEncoder:
@@ -196,7 +191,7 @@ def _build(model_name: str, pretrained: str) -> ClipEncoder:
                     model_name, pretrained=value, force_quick_gelu=bool(cfg.get("quick_gelu", False))
                 )
         except Exception as exc:  # noqa: BLE001
-            raise PetsegError(f"could not load CLIP {model_name} tag {value!r}: {_one_line(exc)}") from exc
+            raise PetsegError(f"could not load CLIP {model_name} tag {value!r}: {one_line(exc)}") from exc
         return ClipEncoder(model.visual, model_name, pretrained)
 
     path = os.path.expanduser(value)

@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
+from ..errors import one_line
+
 VOID = 255
 VOID_MODES = ("nearest", "ignore")
 TRIMAP_VALUES = {1, 2, 3}  # 1 pet, 2 background, 3 border / unclassified
@@ -47,7 +49,7 @@ def load_rgb(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise SampleError("not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise SampleError(f"truncated or corrupt image ({_short(exc)})") from None
+        raise SampleError(f"truncated or corrupt image ({one_line(exc, 120)})") from None
 
 
 def load_mask(path: Path, layout: str, species: int) -> np.ndarray:
@@ -63,7 +65,7 @@ def load_mask(path: Path, layout: str, species: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise SampleError("mask is not an image file PIL can read", "mask") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise SampleError(f"mask unreadable ({_short(exc)})", "mask") from None
+        raise SampleError(f"mask unreadable ({one_line(exc, 120)})", "mask") from None
     if arr.ndim == 3:  # an RGB-saved mask: usable only if its channels agree
         if not (arr[..., :1] == arr[..., : min(arr.shape[2], 3)]).all():
             raise SampleError(f"mask has {arr.shape[2]} differing channels; expected a single-channel label map", "mask")
@@ -118,7 +120,3 @@ def load_sample(image_path: Path, mask_path: Path, layout: str, species: int,
         species = 1 if has_cat and not has_dog else 2 if has_dog and not has_cat else 0
     return image, fill_void(raw, void), species
 
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:120]

@@ -7,9 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-CLASS_NAMES = ("background", "cat", "dog")
-N_CLASSES = len(CLASS_NAMES)
-
 from .hookspecs import hookimpl  # noqa: E402  (re-exported for plugin authors)
+from .labels import CLASS_NAMES, N_CLASSES  # noqa: E402
 
 __all__ = ["CLASS_NAMES", "N_CLASSES", "hookimpl", "__version__"]

@@ -63,7 +63,7 @@ def main() -> None:
 @main.command("list")
 @click.argument("pattern", required=False, default="*")
 def list_cmd(pattern: str) -> None:
-    """List installed models, perturbations and metrics (PATTERN: e.g. 'clip*')."""
+    """List installed models, backbones, perturbations and metrics (PATTERN: e.g. '*unet')."""
     from tabulate import tabulate
 
     from .plugins import get_registry
@@ -71,18 +71,10 @@ def list_cmd(pattern: str) -> None:
     reg = get_registry()
     warn_plugin_problems(reg)
     shown = 0
-    for kind, table in (("model", reg.models), ("perturbation", reg.perturbations), ("metric", reg.metrics)):
-        rows = []
-        for name in sorted(table):
-            if pattern not in ("all", "*") and not fnmatch.fnmatchcase(name, pattern):
-                continue
-            spec = table[name]
-            detail = {
-                "model": lambda s: "+".join(s.inputs),
-                "perturbation": lambda s: f"{s.param}: {', '.join(f'{v:g}' for v in s.levels)}",
-                "metric": lambda s: ("per class" if s.per_class else "scalar") + (", higher is better" if s.higher_is_better else ""),
-            }[kind](spec)
-            rows.append([name, reg.origins[(kind, name)], detail, spec.description])
+    for kind in ("model", "backbone", "perturbation", "metric"):
+        table = reg.table(kind)
+        rows = [[name, reg.origins[(kind, name)], _detail(kind, table[name]), table[name].description]
+                for name in sorted(table) if pattern in ("all", "*") or fnmatch.fnmatchcase(name, pattern)]
         if rows:
             shown += len(rows)
             click.echo(f"{kind}s:")
@@ -90,6 +82,18 @@ def list_cmd(pattern: str) -> None:
             click.echo()
     if not shown:
         raise PetsegError(f"nothing installed matches {pattern!r}")
+
+
+def _detail(kind: str, spec) -> str:
+    if kind == "model":
+        opts = ", ".join(f"{o.name}={o.default!r}" for o in spec.options)
+        return "+".join(spec.inputs) + (f"; options: {opts}" if opts else "")
+    if kind == "backbone":
+        return f"e.g. {spec.example}" if spec.example else ""
+    if kind == "perturbation":
+        levels = f"{spec.param}: {', '.join(f'{v:g}' for v in spec.levels)}"
+        return f"unavailable ({spec.unavailable})" if spec.unavailable else levels
+    return ("per class" if spec.per_class else "scalar") + (", higher is better" if spec.higher_is_better else "")
 
 
 @main.group(cls=Group)
@@ -156,7 +160,15 @@ def _floats(text: str | None, option: str, n: int) -> tuple[float, ...] | None:
     return values
 
 
-@main.command()
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "restart_epochs",
+              "class_weights", "val_fraction", "ce_weight", "dice_weight", "grad_clip", "precision", "device",
+              "patience", "seed", "limit", "val_limit", "workers", "void")
+MODEL_FIELDS = ("in_size", "base_channels", "dropout")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              epilog="A model's own settings: --model-opt KEY=VALUE (repeatable), or its shorthand flags "
+                     "(e.g. --latent-dim 256); `petseg-bench list MODEL` shows them.")
 @click.argument("model")
 @click.option("--profile", default="paper", show_default=True, help="paper (the seed's settings) or quick (CPU minutes).")
 @data_root_option
@@ -187,34 +199,62 @@ def _floats(text: str | None, option: str, n: int) -> tuple[float, ...] | None:
 @click.option("--in-size", type=int, help="Input size in pixels (multiple of 16).")
 @click.option("--base-channels", type=int)
 @click.option("--dropout", type=float)
-@click.option("--upsample", type=click.Choice(["bilinear", "transposed"]), default=None)
-@click.option("--fuse-clip", type=click.Choice(["add", "replace"]), default=None)
-@click.option("--freeze-encoder/--finetune-encoder", default=None, help="Autoencoder stage 2.")
-@click.option("--latent-dim", type=int)
-@click.option("--heatmap-sigma", type=float, help="Click heatmap sigma in input pixels.")
-@click.option("--clip-model", type=str, help="open_clip model name (default ViT-B-32).")
-@click.option("--clip-pretrained", type=str, help="open_clip tag, a local weights file, or none.")
+@click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE", help="A model option (repeatable).")
 @click.option("--wandb", is_flag=True, help="Log to Weights & Biases (offline unless WANDB_MODE says otherwise).")
-def train(model, profile, data_root, cache_dir, out_dir, resume, void, upsample, wandb, **opts):
+@click.pass_context
+def train(ctx, model, **opts):
     """Train MODEL (a name from `petseg-bench list`)."""
     from .config import resolve
-    from .training import train as run_training
+    from .engine.training import TrainJob
+    from .engine.training import train as run_training
+    from .plugins import get_registry
 
-    model_keys = ("in_size", "base_channels", "dropout", "fuse_clip", "freeze_encoder", "latent_dim",
-                  "heatmap_sigma", "clip_model", "clip_pretrained")
-    model_over = {k: opts.pop(k) for k in model_keys}
-    if upsample is not None:
-        model_over["bilinear"] = upsample == "bilinear"
-    opts["class_weights"] = _floats(opts["class_weights"], "--class-weights", 3)
-    opts["void"] = void
-    cfg, model_over = resolve(profile, opts, model_over)
-    root = resolve_data_root(data_root)
-    result = run_training(model, cfg, model_over, root, Path(out_dir), resume=resume,
-                          cache_dir=Path(cache_dir) if cache_dir else None, progress=sys.stderr.isatty(),
-                          log=lambda m: click.echo(m, err=True), wandb=wandb)
+    spec = get_registry().get("model", model)
+    model_options = model_option_values(spec, opts.pop("model_opts"), ctx.args)
+    train_over = {k: opts[k] for k in TRAIN_KEYS}
+    train_over["class_weights"] = _floats(train_over["class_weights"], "--class-weights", 3)
+    cfg, fields = resolve(opts["profile"], train_over, {k: opts[k] for k in MODEL_FIELDS})
+    job = TrainJob(model, cfg, resolve_data_root(opts["data_root"]), Path(opts["out_dir"]), fields, model_options,
+                   opts["profile"], opts["resume"], _path(opts["cache_dir"]), opts["wandb"])
+    result = run_training(job, log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
     click.echo(f"{model}: best validation mIoU {result.best_val_miou:.4f} (all-background baseline "
                f"{result.baseline_val_miou:.4f}) after {result.epochs_run} epochs, {result.images_per_s:.1f} train img/s")
     click.echo(f"checkpoint: {result.best_path}")
+
+
+def model_option_values(spec, pairs, extra_args: list[str]) -> dict:
+    """``--model-opt k=v`` pairs and the model's shorthand flags from the extra arguments,
+    as raw values (the spec parses and checks them)."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise PetsegError(f"--model-opt needs KEY=VALUE, got {pair!r}")
+        values[spec.option(key.strip().replace("-", "_")).name] = value
+    flags = {}
+    for o in spec.options:
+        for k, f in enumerate((o.flag or "").split("/")):
+            if f:
+                flags[f] = (o, None if not isinstance(o.default, bool) else k == 0)
+    args = list(extra_args)
+    while args:
+        token = args.pop(0)
+        name, _, inline = token.partition("=")
+        if name not in flags:
+            hint = ", ".join(sorted(flags)) or "none"
+            raise PetsegError(f"no such option {name!r} for model {spec.name} (its flags: {hint}; or --model-opt KEY=VALUE)")
+        opt, fixed = flags[name]
+        if fixed is not None:
+            values[opt.name] = fixed
+        elif inline or args:
+            values[opt.name] = inline or args.pop(0)
+        else:
+            raise PetsegError(f"option {name} of model {spec.name} needs a value")
+    return values
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 @main.command()
@@ -229,23 +269,22 @@ def train(model, profile, data_root, cache_dir, out_dir, resume, void, upsample,
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="JSON output (default: CHECKPOINT with .test.json).")
-def evaluate(checkpoint_path, data_root, cache_dir, limit, batch_size, bootstrap, precision, device, out_file):
+def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
     """Test-split metrics of a checkpoint at the original mask resolution, both reductions."""
-    from .evaluation import evaluate_checkpoint, format_summary
+    from .atomic import write_json_atomic
+    from .engine.evaluation import EvalJob, evaluate_checkpoint, format_summary
 
-    result = evaluate_checkpoint(Path(checkpoint_path), resolve_data_root(data_root),
-                                 cache_dir=Path(cache_dir) if cache_dir else None, limit=limit,
-                                 batch_size=batch_size, n_boot=bootstrap, precision=precision, device=device)
+    job = EvalJob(Path(checkpoint_path), resolve_data_root(data_root), _path(cache_dir), opts["limit"],
+                  opts["batch_size"], opts["bootstrap"], opts["precision"], opts["device"])
+    result = evaluate_checkpoint(job)
     out = Path(out_file) if out_file else Path(checkpoint_path).with_suffix(".test.json")
-    from .io import write_json_atomic
-
     write_json_atomic(out, result)
     click.echo(format_summary(result))
     click.echo(f"written: {out}")
 
 
 @main.command()
-@click.option("--models", default="all", show_default=True, help="Model names or patterns, comma-separated ('clip*', 'all').")
+@click.option("--models", default="all", show_default=True, help="Model names or patterns, comma-separated ('*unet', 'all').")
 @click.option("--perturbations", default="all", show_default=True, help="Perturbation names or patterns, comma-separated.")
 @click.option("--levels", default="all", show_default=True, help="Severity levels: 'all', '1-9', '1,5,9' (level 0 always runs).")
 @click.option("--checkpoints", "checkpoints_dir", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
@@ -264,44 +303,47 @@ def evaluate(checkpoint_path, data_root, cache_dir, limit, batch_size, bootstrap
 @click.option("--compile", "compile_models", is_flag=True,
               help="torch.compile each model: faster on long sweeps, after a cold start of ~15-30 s per model.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
-def run(models, perturbations, levels, checkpoints_dir, out_dir, data_root, cache_dir, void, seed, limit,
-        batch_size, resume, train_missing, precision, device, compile_models, report):
+def run(**opts):
     """Sweep models x perturbations x levels on the test split and write the report."""
+    from .engine.sweep import SweepJob, SweepPlan, parse_levels, run_sweep
     from .plugins import get_registry
-    from .sweep import SweepPlan, parse_levels, run_sweep
 
     reg = get_registry()
     warn_plugin_problems(reg)
-    model_names = reg.select("model", models)
-    pert_names = reg.select("perturbation", perturbations)
+    model_names = reg.select("model", opts["models"])
+    pert_names = reg.select("perturbation", opts["perturbations"])
     n_levels = max(len(reg.get("perturbation", p).levels) for p in pert_names)
-    plan = SweepPlan(model_names, pert_names, parse_levels(levels, n_levels), seed=seed, batch_size=batch_size,
-                     limit=limit, void=void, compile=compile_models)
-    if limit is not None and limit < 1:
-        raise PetsegError(f"--limit must be >= 1, got {limit}")
-    root = resolve_data_root(data_root)
-    plan.extra["data_root"] = str(root)  # lets `petseg-bench report` find the images for its example strips
-    cache = Path(cache_dir) if cache_dir else None
-    if train_missing:
-        from .config import resolve
-        from .training import train as run_training
-
-        for m in model_names:
-            if not (Path(checkpoints_dir) / m / "best.pt").is_file():
-                click.echo(f"training {m} (quick profile): no checkpoint in {checkpoints_dir}", err=True)
-                cfg, over = resolve("quick", {"void": void}, {})
-                run_training(m, cfg, over, root, Path(checkpoints_dir), cache_dir=cache,
-                             progress=sys.stderr.isatty(), log=lambda msg: click.echo(msg, err=True))
-    record = run_sweep(plan, Path(checkpoints_dir), Path(out_dir), root, resume=resume, cache_dir=cache,
-                       precision=precision, device=device, progress=sys.stderr.isatty(),
-                       log=lambda msg: click.echo(msg, err=True))
+    if opts["limit"] is not None and opts["limit"] < 1:
+        raise PetsegError(f"--limit must be >= 1, got {opts['limit']}")
+    root, cache, ckpt_dir = resolve_data_root(opts["data_root"]), _path(opts["cache_dir"]), Path(opts["checkpoints_dir"])
+    plan = SweepPlan(model_names, pert_names, parse_levels(opts["levels"], n_levels), seed=opts["seed"],
+                     batch_size=opts["batch_size"], limit=opts["limit"], void=opts["void"],
+                     compile=opts["compile_models"], extra={"data_root": str(root)})  # the report's example strips
+    if opts["train_missing"]:
+        train_missing(model_names, ckpt_dir, root, cache, opts["void"])
+    job = SweepJob(plan, ckpt_dir, Path(opts["out_dir"]), root, opts["resume"], cache, opts["precision"], opts["device"])
+    record = run_sweep(job, progress=sys.stderr.isatty(), log=lambda msg: click.echo(msg, err=True))
     click.echo(f"sweep: {len(model_names)} models x {len(pert_names)} perturbations x {len(plan.levels)} levels "
                f"on {len(record['image_ids'])} test images; {record['cells_computed']} cells computed "
-               f"({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {out_dir}")
-    if report:
-        from .report import write_report
+               f"({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {opts['out_dir']}")
+    if opts["report"]:
+        from .reporting import write_report
 
-        _echo_report(write_report(Path(out_dir), data_root=root, cache_dir=cache))
+        _echo_report(write_report(Path(opts["out_dir"]), data_root=root, cache_dir=cache))
+
+
+def train_missing(models: list[str], checkpoints_dir: Path, root: Path, cache: Path | None, void: str) -> None:
+    """Train, in the quick profile, every model without a checkpoint."""
+    from .config import resolve
+    from .engine.training import TrainJob
+    from .engine.training import train as run_training
+
+    for m in models:
+        if not (checkpoints_dir / m / "best.pt").is_file():
+            click.echo(f"training {m} (quick profile): no checkpoint in {checkpoints_dir}", err=True)
+            cfg, fields = resolve("quick", {"void": void}, {})
+            run_training(TrainJob(m, cfg, root, checkpoints_dir, fields, profile="quick", cache_dir=cache),
+                         log=lambda msg: click.echo(msg, err=True), progress=sys.stderr.isatty())
 
 
 def _echo_report(paths: list[Path]) -> None:
@@ -319,19 +361,22 @@ def _echo_report(paths: list[Path]) -> None:
 @cache_option
 @click.option("--examples/--no-examples", default=True, show_default=True,
               help="Draw the example strips (they show test images; leave them out of committed reports).")
-def report(run_dir, data_root, cache_dir, examples):
+@click.option("--reference-model", default="unet", show_default=True,
+              help="The model that CE and mCE are normalised by.")
+def report(run_dir, data_root, cache_dir, examples, reference_model):
     """Write summary.json, report.md, index.html and plots/ for the sweep run in RUN_DIR.
 
     The example images need the test split: --data-root, else the folder the run
     recorded, else $PETSEG_DATA or the download cache; without it they are skipped.
     """
-    from .report import read_run, write_report
+    from .reporting import write_report
+    from .results import read_run
 
     run_path = Path(run_dir)
     recorded = read_run(run_path).get("data_root")
     root = resolve_data_root(data_root) if data_root or not recorded else None  # None: the run's own folder
-    _echo_report(write_report(run_path, data_root=root, cache_dir=Path(cache_dir) if cache_dir else None,
-                              examples=examples))
+    _echo_report(write_report(run_path, data_root=root, cache_dir=_path(cache_dir), examples=examples,
+                              reference_model=reference_model))
 
 
 @main.command()
@@ -343,41 +388,12 @@ def report(run_dir, data_root, cache_dir, examples):
 @click.option("--update-baseline", is_flag=True, help="Write this run's figures as the new baseline and exit 0.")
 def check(run_dir, baseline_file, tolerance, update_baseline):
     """Compare the run in RUN_DIR with a baseline; exit 1 if Dice regressed past the tolerance."""
-    from tabulate import tabulate
+    from .reporting.check import check_run
 
-    from .baseline import HEADERS, baseline_document, compare, load_baseline, resolve_tolerance
-    from .io import write_json_atomic
-    from .report import read_run
-    from .results import load_run
-    from .summary import baseline_values, build_summary
-
-    run_path, baseline_path = Path(run_dir), Path(baseline_file)
-    run_record = read_run(run_path)
-    df = load_run(run_path)
-    if df.empty:
-        raise PetsegError(f"{run_path} has no finished cell yet; run or resume the sweep first")
-    current = baseline_values(build_summary(df, run_record, n_boot=0))
-    if update_baseline:
-        old = load_baseline(baseline_path) if baseline_path.is_file() else None
-        tol = resolve_tolerance(tolerance, old)
-        write_json_atomic(baseline_path, baseline_document(current, tol))
-        n_values = sum(1 + len(m["perturbations"]) for m in current["models"].values())
-        click.echo(f"baseline written: {baseline_path} ({len(current['models'])} models, {n_values} figures, "
-                   f"tolerance {tol:g})")
-        return
-    base = load_baseline(baseline_path, run_path)
-    tol = resolve_tolerance(tolerance, base)
-    results = compare(current, base, tol)
-    click.echo(tabulate([r.row() for r in results], headers=HEADERS, disable_numparse=True,
-                        colalign=("left", "left", "right", "right", "right", "left")))
-    failed = [r for r in results if r.failed]
-    if failed:
-        shown = "; ".join(r.describe() for r in failed[:8]) + (f"; and {len(failed) - 8} more" if len(failed) > 8 else "")
-        raise PetsegError(f"{len(failed)} of {len(results)} figures regressed past tolerance {tol:g} or are "
-                          f"missing ({current['reduction']} reduction): {shown}")
-    n_better = sum(r.status == "improved" for r in results)
-    click.echo(f"ok: {len(results)} figures within tolerance {tol:g} of {baseline_path}"
-               + (f" ({n_better} improved)" if n_better else ""))
+    outcome = check_run(Path(run_dir), Path(baseline_file), tolerance, update_baseline)
+    click.echo(outcome.text)
+    if outcome.error:
+        raise PetsegError(outcome.error)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,7 +90,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Profile:
-    """Named defaults for both the training loop and the model; explicit options win."""
+    """Named defaults for the training loop and the generic model fields; explicit options
+    win. A model's own options per profile live on its spec (``ModelSpec.profiles``)."""
 
     name: str
     description: str
@@ -108,15 +109,14 @@ PROFILES: dict[str, Profile] = {
         "quick", "CPU minutes: 96 px, 16 base channels, 400 training images, 12 epochs, lr 1e-3",
         train={"epochs": 12, "batch_size": 16, "lr": 1e-3, "limit": 400, "val_limit": 60,
                "patience": 0, "restart_epochs": 6},
-        model={"in_size": 96, "base_channels": 16, "latent_dim": 256, "heatmap_sigma": 4.0,
-               "clip_model": "petseg-tiny-vit", "clip_pretrained": "none"},
+        model={"in_size": 96, "base_channels": 16},
     ),
 }
 
 
 def resolve(profile: str, train_overrides: dict[str, Any], model_overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The TrainConfig and model-config overrides for ``profile`` with explicit options on top
-    (None means "not given")."""
+    """The TrainConfig and generic model-config fields for ``profile`` with explicit options
+    on top (None means "not given")."""
     if profile not in PROFILES:
         raise PetsegError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]

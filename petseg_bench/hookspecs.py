@@ -26,10 +26,26 @@ def petseg_bench_models():
     """Return a list of :class:`~petseg_bench.specs.ModelSpec`: segmentation models.
 
     Each spec names the model, gives ``build(ModelConfig) -> torch.nn.Module``, the
-    inputs the model needs (``image``, ``point``, ``clip_image``), its CE/Dice loss
-    weights, its training phases (one, or e.g. reconstruction then segmentation for an
-    autoencoder) and its config defaults. The model trains with ``petseg-bench train``
-    and joins sweeps with no other change.
+    inputs the model's ``forward`` takes (``image``; ``point``, a click per image;
+    ``backbone``, features of a frozen backbone the harness computes), its image
+    mean/std, its CE/Dice loss weights, its training phases (one, or e.g.
+    reconstruction then segmentation), its own options with their defaults and
+    per-profile values, which parameters are frozen (left out of checkpoints), its
+    display label and the seed study's figures for it. The model trains with
+    ``petseg-bench train`` and joins sweeps with no other change.
+    """
+
+
+@hookspec
+def petseg_bench_backbones():
+    """Return a list of :class:`~petseg_bench.specs.BackboneSpec`: frozen feature extractors.
+
+    Each spec names a backbone family and gives ``build(argument) ->
+    petseg_bench.backbones.Backbone``; users pick one by key ``<family>:<argument>``
+    (``clip:ViT-B-32:openai``) in a model's backbone option. The backbone declares its
+    preprocessing (mean, std, input size, interpolation) and its outputs (a pooled
+    embedding of dimension D, optionally feature maps) as data; the harness builds it once
+    per process and computes its features once per batch for every model sharing it.
     """
 
 

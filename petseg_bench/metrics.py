@@ -1,4 +1,5 @@
-"""Segmentation metrics: pure functions of confusion matrices first, accumulation second.
+"""Segmentation metrics: pure functions of confusion matrices first, their reduction over
+a split second, the JSON summary last.
 
 A confusion matrix ``cm[t, p]`` counts pixels of ground-truth class ``t`` predicted as
 ``p``. Per-image matrices are computed at the original mask resolution; every summary
@@ -15,20 +16,38 @@ left out, never counted as 0 or 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
-from . import CLASS_NAMES, N_CLASSES
 from .hookspecs import hookimpl
+from .labels import CLASS_NAMES, IGNORE, N_CLASSES
 from .specs import MetricSpec
 
-IGNORE = 255
 REDUCTIONS = ("dataset", "seed")
 
 
-# --- pure functions -----------------------------------------------------------------
+# --- the two helpers every score goes through ------------------------------------------
+
+def divide(numer: Any, denom: Any, eps: float = 0.0) -> np.ndarray:
+    """``numer / denom`` element-wise, NaN where ``|denom| <= eps``: a score with an
+    empty denominator is undefined, never 0 or 1 (and never a numpy warning)."""
+    numer = np.asarray(numer, dtype=np.float64)
+    denom = np.asarray(denom, dtype=np.float64)
+    undefined = np.abs(denom) <= eps
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(undefined, np.nan, numer / np.where(undefined, 1.0, denom))
+
+
+def json_float(value: Any, digits: int = 6) -> float | None:
+    """A JSON-ready number: rounded, ``None`` for None, NaN and infinity (JSON has none)."""
+    if value is None:
+        return None
+    value = float(value)
+    return round(value, digits) if np.isfinite(value) else None
+
+
+# --- pure functions of confusion matrices -------------------------------------------
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, n_classes: int = N_CLASSES,
                      ignore_index: int = IGNORE) -> np.ndarray:
@@ -43,13 +62,6 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, n_classes: int = N_CL
     return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def confusion_matrices(preds: Iterable[np.ndarray], targets: Iterable[np.ndarray],
-                       n_classes: int = N_CLASSES) -> np.ndarray:
-    """Stack of per-image confusion matrices ``[N, C, C]`` (images may differ in size)."""
-    mats = [confusion_matrix(p, t, n_classes) for p, t in zip(preds, targets, strict=True)]
-    return np.stack(mats) if mats else np.zeros((0, n_classes, n_classes), np.int64)
-
-
 def _parts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
@@ -61,24 +73,23 @@ def _parts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 def iou(cm: np.ndarray) -> np.ndarray:
     """Per-class IoU ``tp / (gt + pred - tp)``; NaN where the class is not in the ground truth."""
     tp, gt, pr, present = _parts(cm)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(present, tp / (gt + pr - tp), np.nan)
+    # A zeroed denominator marks the absent classes, even those predicted somewhere.
+    return divide(tp, np.where(present, gt + pr - tp, 0.0))
 
 
 def dice(cm: np.ndarray) -> np.ndarray:
     """Per-class Dice ``2 tp / (gt + pred)``; NaN where the class is not in the ground truth."""
     tp, gt, pr, present = _parts(cm)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(present, 2 * tp / (gt + pr), np.nan)
+    return divide(2 * tp, np.where(present, gt + pr, 0.0))
 
 
 def pixel_accuracy(cm: np.ndarray) -> np.ndarray:
     """Fraction of (non-ignored) pixels predicted correctly."""
     cm = np.asarray(cm, dtype=np.float64)
-    total = cm.sum((-2, -1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, np.trace(cm, axis1=-2, axis2=-1) / total, np.nan)
+    return divide(np.trace(cm, axis1=-2, axis2=-1), cm.sum((-2, -1)))
 
+
+# --- reduction over a split -----------------------------------------------------------
 
 def reduce(spec: MetricSpec, cms: np.ndarray, reduction: str) -> np.ndarray:
     """One metric over a split: per class ``[C]`` (per-class metrics) or a scalar."""
@@ -89,8 +100,7 @@ def reduce(spec: MetricSpec, cms: np.ndarray, reduction: str) -> np.ndarray:
         scores = np.asarray(spec.fn(cms), dtype=np.float64)  # [N, C] or [N]
         if scores.size == 0 or np.isnan(scores).all(axis=0).all():
             return np.full(scores.shape[1:], np.nan)
-        with np.errstate(invalid="ignore"):
-            return _nanmean(scores, axis=0)
+        return _nanmean(scores, axis=0)
     raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
 
 
@@ -121,9 +131,7 @@ def bootstrap_ci(spec: MetricSpec, cms: np.ndarray, reduction: str, n_boot: int 
         if scores.ndim == 1:
             scores = scores[:, None]
         valid = ~np.isnan(scores)
-        weight = counts @ valid  # [B, C]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = (counts @ np.where(valid, scores, 0.0)) / weight
+        values = divide(counts @ np.where(valid, scores, 0.0), counts @ valid)  # [B, C]
         if not spec.per_class:
             values = values[:, 0]
     if spec.per_class:
@@ -134,18 +142,18 @@ def bootstrap_ci(spec: MetricSpec, cms: np.ndarray, reduction: str, n_boot: int 
 
 def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
     valid = ~np.isnan(values)
-    count = valid.sum(axis=axis)
-    total = np.where(valid, values, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return divide(np.where(valid, values, 0.0).sum(axis=axis), valid.sum(axis=axis))
 
+
+# --- the JSON summary -------------------------------------------------------------------
 
 def summarize(cms: np.ndarray, metrics: Mapping[str, MetricSpec], n_boot: int = 0,
-              seed: int = 0) -> dict:
+              seed: int = 0, ci: Collection[str] | None = None) -> dict:
     """Every metric under both reductions, as a JSON-ready dict.
 
     ``{"dataset": {"iou": {"per_class": {...}, "mean": x, "ci95": [lo, hi]}, ...},
-    "seed": {...}, "n_images": N}``; ``ci95`` only when ``n_boot > 0``.
+    "seed": {...}, "n_images": N}``; ``ci95`` only when ``n_boot > 0``, and then for
+    the metrics named in ``ci`` (all when None: each interval costs ``n_boot`` replicates).
     """
     out: dict = {"n_images": int(len(cms))}
     for reduction in REDUCTIONS:
@@ -154,44 +162,15 @@ def summarize(cms: np.ndarray, metrics: Mapping[str, MetricSpec], n_boot: int = 
             value = reduce(spec, cms, reduction)
             entry: dict = {}
             if spec.per_class:
-                entry["per_class"] = {c: _num(v) for c, v in zip(CLASS_NAMES, value)}
-                entry["mean"] = _num(mean_over_classes(value))
+                entry["per_class"] = {c: json_float(v) for c, v in zip(CLASS_NAMES, value)}
+                entry["mean"] = json_float(mean_over_classes(value))
             else:
-                entry["mean"] = _num(float(value))
-            if n_boot > 0:
-                entry["ci95"] = [_num(v) for v in bootstrap_ci(spec, cms, reduction, n_boot, seed)]
+                entry["mean"] = json_float(value)
+            if n_boot > 0 and (ci is None or name in ci):
+                entry["ci95"] = [json_float(v) for v in bootstrap_ci(spec, cms, reduction, n_boot, seed)]
             block[name] = entry
         out[reduction] = block
     return out
-
-
-def _num(v: float) -> float | None:
-    v = float(v)
-    return None if np.isnan(v) else round(v, 6)
-
-
-# --- state accumulation -----------------------------------------------------------------
-
-@dataclass
-class ConfusionAccumulator:
-    """Collects per-image confusion matrices (with image ids) batch after batch."""
-
-    n_classes: int = N_CLASSES
-    ids: list[str] = field(default_factory=list)
-    mats: list[np.ndarray] = field(default_factory=list)
-
-    def update(self, ids: Sequence[str], preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> None:
-        for i, p, t in zip(ids, preds, targets, strict=True):
-            self.ids.append(i)
-            self.mats.append(confusion_matrix(p, t, self.n_classes))
-
-    def matrices(self) -> np.ndarray:
-        if not self.mats:
-            return np.zeros((0, self.n_classes, self.n_classes), np.int64)
-        return np.stack(self.mats)
-
-    def summary(self, metrics: Mapping[str, MetricSpec], n_boot: int = 0, seed: int = 0) -> dict:
-        return summarize(self.matrices(), metrics, n_boot, seed)
 
 
 # --- the built-in metric plugin ---------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import importlib.metadata
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -17,13 +18,17 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, one_line
-from .specs import MetricSpec, ModelSpec, PerturbationSpec
+from .specs import BackboneSpec, MetricSpec, ModelSpec, PerturbationSpec
 
 GROUP = "petseg_bench"
+#: The distribution whose entry points are the built-in plugins: loaded first, so a
+#: third-party spec of the same name is the one reported and ignored.
+BUILTIN_DIST = "petseg-bench"
 
 #: hook name -> (kind shown to users, spec class)
 KINDS: dict[str, tuple[str, type]] = {
     "petseg_bench_models": ("model", ModelSpec),
+    "petseg_bench_backbones": ("backbone", BackboneSpec),
     "petseg_bench_perturbations": ("perturbation", PerturbationSpec),
     "petseg_bench_metrics": ("metric", MetricSpec),
 }
@@ -34,17 +39,20 @@ class Registry:
     """Every valid spec by kind and name, plus one line per plugin problem."""
 
     models: dict[str, ModelSpec] = field(default_factory=dict)
+    backbones: dict[str, BackboneSpec] = field(default_factory=dict)
     perturbations: dict[str, PerturbationSpec] = field(default_factory=dict)
     metrics: dict[str, MetricSpec] = field(default_factory=dict)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> plugin
     problems: list[str] = field(default_factory=list)
 
     def table(self, kind: str) -> dict[str, Any]:
-        return {"model": self.models, "perturbation": self.perturbations, "metric": self.metrics}[kind]
+        return {"model": self.models, "backbone": self.backbones, "perturbation": self.perturbations,
+                "metric": self.metrics}[kind]
 
     def select(self, kind: str, pattern: str) -> list[str]:
         """Names of ``kind`` matching ``pattern``: exact names, ``fnmatch`` wildcards
-        (``clip*``) or ``all``, comma-separated. Unknown names raise one clear line."""
+        (``*unet``) or ``all``, comma-separated. Unknown names raise one clear line; specs
+        marked unavailable are left out of ``all`` and wildcards, and named alone say why."""
         table = self.table(kind)
         chosen: list[str] = []
         for part in [p.strip() for p in pattern.split(",") if p.strip()]:
@@ -54,7 +62,10 @@ class Registry:
                 hits = sorted(n for n in table if fnmatch.fnmatchcase(n, part))
             if not hits:
                 self.get(kind, part)  # raises the one-line "unknown ..." error
-            chosen += [h for h in hits if h not in chosen]
+            usable = [h for h in hits if not getattr(table[h], "unavailable", None)]
+            if not usable and part != "all":
+                raise PluginError(f"{kind} {hits[0]!r} is not available: {table[hits[0]].unavailable}")
+            chosen += [h for h in usable if h not in chosen]
         if not chosen:
             raise PluginError(f"no {kind} selected by {pattern!r}")
         return chosen
@@ -80,7 +91,7 @@ def make_manager(entry_points: Iterable[importlib.metadata.EntryPoint] | None = 
     problems: list[str] = []
     eps = importlib.metadata.entry_points(group=GROUP) if entry_points is None else entry_points
     seen: dict[str, str] = {}
-    for ep in sorted(eps, key=lambda e: e.name):
+    for ep in sorted(eps, key=load_order):
         if ep.name in seen:
             if seen[ep.name] != ep.value:  # two different plugins under one name: say so
                 problems.append(f"plugin {ep.name!r} ({ep.value}) not loaded: the name is already "
@@ -90,9 +101,25 @@ def make_manager(entry_points: Iterable[importlib.metadata.EntryPoint] | None = 
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported, not raised
+        except BaseException as exc:  # noqa: BLE001 - any failure of a plugin (even sys.exit) is reported, not raised
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             problems.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {one_line(exc, default='(no message)')}")
+            continue
+        try:  # a hook implementation whose name matches no hook (a typo) is an error, not ignored
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            pm.unregister(name=ep.name)
+            problems.append(f"plugin {ep.name!r} ({ep.value}) not loaded: {one_line(exc)}")
     return pm, problems
+
+
+def load_order(ep: importlib.metadata.EntryPoint) -> tuple[int, str]:
+    """Built-in plugins first, then third-party ones, each by entry-point name."""
+    dist = getattr(ep, "dist", None)
+    name = (dist.metadata["Name"] or "") if dist is not None else ""
+    builtin = re.sub(r"[-_.]+", "-", name).lower() == BUILTIN_DIST
+    return (0 if builtin else 1, ep.name)
 
 
 def build_registry(pm: pluggy.PluginManager, problems: list[str] | None = None) -> Registry:

@@ -1,4 +1,7 @@
-"""Sweep results on disk: one Parquet file of per-image rows per cell, written atomically.
+"""A sweep's run folder on disk: ``run.json`` (what was run) and the cells (per-image results).
+
+This module is the one owner of the folder's layout: the sweep writes through it, the
+report and ``check`` read through it.
 
 A cell is (model, perturbation, level). Level 0 is the clean image, stored once per
 model as ``cells/<model>/clean.parquet`` and shared by every perturbation. Other cells
@@ -18,12 +21,32 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import CLASS_NAMES, N_CLASSES
-from .io import write_bytes_atomic
+from .atomic import write_bytes_atomic, write_json_atomic
+from .errors import PetsegError
+from .labels import CLASS_NAMES, N_CLASSES
 
+RUN_FILE = "run.json"
 CLEAN = "clean"
 CM_COLUMNS = [f"cm_{t}_{p}" for t in range(N_CLASSES) for p in range(N_CLASSES)]
 PRESENT_COLUMNS = [f"has_{c}" for c in CLASS_NAMES]
+
+
+def read_run(run_dir: Path) -> dict:
+    """The run record of ``run_dir``; one clear line when it is missing or malformed."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise PetsegError(f"no {RUN_FILE} in {run_dir}: not a sweep run folder (make one with `petseg-bench run`)")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PetsegError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(record, dict):
+        raise PetsegError(f"{path} is not a run record (a JSON object); it holds {type(record).__name__}")
+    return record
+
+
+def write_run(run_dir: Path, record: dict) -> None:
+    write_json_atomic(Path(run_dir) / RUN_FILE, record)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Typed plugin specs: what a model, perturbation or metric plugin hands to the harness.
+"""Typed plugin specs: what a model, backbone, perturbation or metric plugin hands over.
 
 Plugins return these from the hooks in :mod:`petseg_bench.hookspecs`. The harness
 validates each one (:meth:`validate`) and skips, with a one-line message, any that is
-malformed, so one broken plugin never takes the others down.
+malformed, so one broken plugin never takes the others down. Everything the core needs
+to know about a model (its inputs, preprocessing, options, frozen parts, published
+figures, display label) is data here: the core never names a model.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 if TYPE_CHECKING:  # torch and numpy stay out of import time for `petseg-bench list`
     import numpy as np
@@ -18,50 +20,55 @@ if TYPE_CHECKING:  # torch and numpy stay out of import time for `petseg-bench l
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
-#: Inputs a model may ask for. ``image``: ImageNet-normalised RGB letterboxed to
-#: ``in_size``; ``point``: a one-channel Gaussian click heatmap at ``in_size``;
-#: ``clip_image``: the RGB image in CLIP's own preprocessing (224 px).
-MODEL_INPUTS = ("image", "point", "clip_image")
+#: Inputs a model's ``forward`` may take as keyword arguments:
+#: ``image``: the RGB image letterboxed to ``in_size`` and normalised with the spec's mean/std;
+#: ``point``: one click per image, ``[B, 2]`` float (y, x) in input pixels (placed on the
+#: ground-truth foreground: at random in training, by a fixed rule in evaluation);
+#: ``backbone``: the :class:`~petseg_bench.backbones.Features` of the model's frozen
+#: backbone (see ``ModelSpec.backbone_option``), computed once per batch by the harness.
+MODEL_INPUTS = ("image", "point", "backbone")
 
 #: Losses a training phase may use.
 PHASE_LOSSES = ("segmentation", "reconstruction")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: A published figure: a number, a (low, high) range, or None where none was published.
+Figure = Union[float, tuple[float, float], None]
+
+
+def _error(message: str) -> Exception:
+    from .errors import PetsegError
+
+    return PetsegError(message)
 
 
 @dataclass
 class ModelConfig:
     """Hyper-parameters of one model instance; stored in every checkpoint.
 
-    One dataclass serves every built-in model so that profiles and CLI options apply
-    uniformly; fields a model does not use are ignored by it. Third-party models put
-    their own settings in ``options``.
+    The fields are what every model shares; a model's own settings live in ``options``
+    (declared by its spec as :class:`ModelOption`, validated by its plugin).
     """
 
     in_size: int = 256
     base_channels: int = 64
     n_classes: int = 3
     dropout: float = 0.0
-    bilinear: bool = True
-    fuse_clip: str = "add"  # "add" the projected CLIP tensor to the bottleneck, or "replace" it
-    freeze_encoder: bool = False  # autoencoder stage 2: keep the pretrained encoder fixed
-    latent_dim: int = 1024
-    heatmap_sigma: float = 10.0
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "openai"  # an open_clip tag, a local weights file, or "none"
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from .errors import PetsegError
-
         if self.in_size < 16 or self.in_size % 16:
-            raise PetsegError(f"in_size must be a positive multiple of 16, got {self.in_size}")
+            raise _error(f"in_size must be a positive multiple of 16, got {self.in_size}")
         if self.base_channels < 1:
-            raise PetsegError(f"base_channels must be >= 1, got {self.base_channels}")
+            raise _error(f"base_channels must be >= 1, got {self.base_channels}")
         if not 0.0 <= self.dropout <= 1.0:
-            raise PetsegError(f"dropout must be within 0..1, got {self.dropout}")
-        if self.fuse_clip not in ("add", "replace"):
-            raise PetsegError(f"fuse_clip must be 'add' or 'replace', got {self.fuse_clip!r}")
-        if self.heatmap_sigma <= 0:
-            raise PetsegError(f"heatmap_sigma must be > 0, got {self.heatmap_sigma}")
+            raise _error(f"dropout must be within 0..1, got {self.dropout}")
+
+    def opt(self, name: str) -> Any:
+        """The value of the model option ``name`` (KeyError names it when absent)."""
+        return self.options[name]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,10 +78,50 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            from .errors import PetsegError
-
-            raise PetsegError(f"unknown model config field(s): {', '.join(unknown)}")
+            raise _error(f"unknown model config field(s): {', '.join(unknown)}")
         return cls(**dict(data))
+
+
+GENERIC_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "options")
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """One model-specific setting: ``--model-opt name=value`` on the command line.
+
+    The value's type is the default's (bool, int, float or str); ``choices`` limits it;
+    ``flag`` adds a command-line shorthand (``--latent-dim 256``) to ``train``.
+    """
+
+    name: str
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    flag: str | None = None
+
+    def parse(self, text: Any) -> Any:
+        """``text`` (a string from the command line, or a value) as this option's type."""
+        kind = type(self.default)
+        if isinstance(text, str) and kind is not str:
+            low = text.strip().lower()
+            try:
+                if kind is bool:
+                    if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                        raise ValueError
+                    value: Any = low in ("1", "true", "yes", "on")
+                else:
+                    value = kind(text)
+            except ValueError:
+                raise _error(f"model option {self.name}: {text!r} is not a {kind.__name__}") from None
+        else:
+            value = text
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if self.default is not None and not isinstance(value, kind):
+                raise _error(f"model option {self.name}: expected a {kind.__name__}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise _error(f"model option {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -100,30 +147,96 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class PaperFigures:
+    """What the seed study published for a model, shown beside this package's results.
+
+    ``table1``: test mIoU, Dice, pixel accuracy; ``table2``: per-class IoU (background,
+    cat, dog) or None; ``conditions``: how the paper's figures were obtained where it
+    matters (e.g. a pretrained encoder); ``robustness``: its robustness findings in words.
+    """
+
+    label: str
+    table1: tuple[Figure, Figure, Figure]
+    table2: tuple[float, float, float] | None = None
+    conditions: str = ""
+    robustness: str = ""
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model family a plugin offers.
 
     ``build(config)`` returns a ``torch.nn.Module`` whose ``forward`` takes the inputs
     named in ``inputs`` as keyword arguments and returns logits ``[B, n_classes, H, W]``
-    at the input size.
+    at the input size. ``mean``/``std`` normalise the ``image`` input (ImageNet's by
+    default). ``defaults`` sets generic config fields; ``options`` declares the model's
+    own settings; ``prepare_options(options) -> options`` may normalise and cross-check
+    them (raise ValueError with one line). ``profiles`` overrides options per training
+    profile (``{"quick": {...}}``). ``backbone_option`` names the option holding the
+    key of a frozen backbone (``clip:ViT-B-32:openai``) whose features the harness
+    computes and passes as ``backbone``. ``frozen`` lists state-dict prefixes that are
+    rebuilt from their source and left out of checkpoints. ``upgrade(options)`` maps
+    options read from an older checkpoint format.
     """
 
     name: str
     build: Callable[[ModelConfig], "torch.nn.Module"]
     description: str = ""
+    label: str = ""
     inputs: tuple[str, ...] = ("image",)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     loss: LossWeights = LossWeights()
     phases: tuple[Phase, ...] = (Phase("segment"),)
     defaults: Mapping[str, Any] = field(default_factory=dict)
-
-    def config(self, **overrides: Any) -> ModelConfig:
-        """The model's default config, with ``overrides`` (None values ignored) on top."""
-        values = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
-        return ModelConfig.from_dict(values)
+    options: tuple[ModelOption, ...] = ()
+    prepare_options: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    backbone_option: str | None = None
+    frozen: tuple[str, ...] = ()
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    paper: PaperFigures | None = None
 
     @property
-    def uses_clip(self) -> bool:
-        return "clip_image" in self.inputs
+    def display(self) -> str:
+        return self.label or self.name
+
+    def option(self, name: str) -> ModelOption:
+        for opt in self.options:
+            if opt.name == name:
+                return opt
+        known = ", ".join(o.name for o in self.options) or "none"
+        raise _error(f"model {self.name} has no option {name!r} (its options: {known})")
+
+    def resolve_options(self, given: Mapping[str, Any], profile: str | None = None) -> dict[str, Any]:
+        """Defaults, then the profile's overrides, then ``given`` (None values ignored),
+        each parsed to its option's type and checked by ``prepare_options``."""
+        values = {o.name: o.default for o in self.options}
+        layers = [self.profiles.get(profile or "", {}), {k: v for k, v in given.items() if v is not None}]
+        for layer in layers:
+            for name, value in layer.items():
+                values[name] = self.option(name).parse(value)
+        if self.prepare_options is not None:
+            try:
+                values = dict(self.prepare_options(dict(values)))
+            except ValueError as exc:
+                raise _error(f"model {self.name}: {exc}") from None
+        return values
+
+    def config(self, generic: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
+               profile: str | None = None) -> ModelConfig:
+        """The model's config: its defaults with ``generic`` fields and ``options`` on top."""
+        fields = {**self.defaults, **{k: v for k, v in (generic or {}).items() if v is not None}}
+        unknown = sorted(set(fields) - set(GENERIC_FIELDS))
+        if unknown:
+            raise _error(f"unknown model config field(s): {', '.join(unknown)}")
+        cfg = ModelConfig(**fields, options=self.resolve_options(options or {}, profile))
+        cfg.validate()
+        return cfg
+
+    def backbone_key(self, config: ModelConfig) -> str | None:
+        """The key of the frozen backbone this model instance uses, if any."""
+        return None if self.backbone_option is None else str(config.options[self.backbone_option])
 
     def validate(self) -> None:
         _check_name(self.name)
@@ -132,6 +245,10 @@ class ModelSpec:
         bad = [i for i in self.inputs if i not in MODEL_INPUTS]
         if bad or "image" not in self.inputs:
             raise ValueError(f"inputs must include 'image' and come from {MODEL_INPUTS}, got {self.inputs}")
+        if ("backbone" in self.inputs) != (self.backbone_option is not None):
+            raise ValueError("a model takes the 'backbone' input exactly when it names a backbone_option")
+        if self.backbone_option is not None and self.backbone_option not in {o.name for o in self.options}:
+            raise ValueError(f"backbone_option {self.backbone_option!r} is not one of its options")
         if not self.phases:
             raise ValueError("phases is empty")
         for phase in self.phases:
@@ -143,10 +260,38 @@ class ModelSpec:
             raise ValueError("the last phase must train segmentation")
         if self.loss.ce < 0 or self.loss.dice < 0 or self.loss.ce + self.loss.dice == 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0, got {self.loss}")
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        unknown = sorted(set(self.defaults) - known)
+        unknown = sorted(set(self.defaults) - set(GENERIC_FIELDS))
         if unknown:
             raise ValueError(f"defaults name unknown config fields: {', '.join(unknown)}")
+        names = [o.name for o in self.options]
+        if len(set(names)) != len(names):
+            raise ValueError("option names repeat")
+        for profile, values in self.profiles.items():
+            missing = sorted(set(values) - set(names))
+            if missing:
+                raise ValueError(f"profile {profile!r} sets unknown options: {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A family of frozen feature extractors, chosen by key ``<name>:<argument>``.
+
+    ``build(argument)`` returns a :class:`~petseg_bench.backbones.Backbone` (an
+    ``nn.Module`` that declares its preprocessing and outputs as data). ``example`` is a
+    full key shown by ``petseg-bench list``.
+    """
+
+    name: str
+    build: Callable[[str], "torch.nn.Module"]
+    description: str = ""
+    example: str = ""
+
+    def validate(self) -> None:
+        _check_name(self.name)
+        if ":" in self.name:
+            raise ValueError("a backbone name may not contain ':'")
+        if not callable(self.build):
+            raise ValueError("build is not callable")
 
 
 #: ``apply(images, value, rngs)``: a list of uint8 HxWx3 arrays (sizes may differ), the
@@ -157,13 +302,19 @@ ApplyFn = Callable[[Sequence["np.ndarray"], float, Sequence["np.random.Generator
 
 @dataclass(frozen=True)
 class PerturbationSpec:
-    """An image corruption with ordered severity levels; level 0 must be the identity."""
+    """An image corruption with ordered severity levels; level 0 must be the identity.
+
+    ``unavailable``: None, or one line saying why it cannot run here and how to fix it
+    (e.g. an optional library not installed). Such a spec is listed, left out of ``all``
+    and wildcards, and asking for it by name gives that line.
+    """
 
     name: str
     param: str  # what the level values mean, e.g. "std", "iterations", "factor"
     levels: tuple[float, ...]
     apply: ApplyFn
     description: str = ""
+    unavailable: str | None = None
 
     def validate(self) -> None:
         _check_name(self.name)

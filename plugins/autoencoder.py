@@ -19,7 +19,7 @@ from torch import nn
 
 from petseg_bench import hookimpl
 from petseg_bench.errors import PetsegError
-from petseg_bench.specs import ModelConfig, ModelSpec, Phase
+from petseg_bench.specs import ModelConfig, ModelOption, ModelSpec, PaperFigures, Phase
 
 PHASES = ("reconstruct", "segment")
 _ALIASES = {"reconstruction": "reconstruct", "segmentation": "segment"}
@@ -66,10 +66,11 @@ class Autoencoder(nn.Module):
         width = c.base_channels
         narrow = max(width // 2, 1)
         spatial = c.in_size // 16
-        self.freeze_encoder = bool(c.freeze_encoder)
-        self.encoder = _encoder(in_channels, width, narrow, spatial, c.latent_dim)
-        self.reconstruction_decoder = _decoder(in_channels, width, narrow, spatial, c.latent_dim)
-        self.segmentation_decoder = _decoder(c.n_classes, width, narrow, spatial, c.latent_dim, c.dropout)
+        latent = c.opt("latent_dim")
+        self.freeze_encoder = bool(c.opt("freeze_encoder"))
+        self.encoder = _encoder(in_channels, width, narrow, spatial, latent)
+        self.reconstruction_decoder = _decoder(in_channels, width, narrow, spatial, latent)
+        self.segmentation_decoder = _decoder(c.n_classes, width, narrow, spatial, latent, c.dropout)
         self.phase = "segment"
         self._encoder_frozen = False
 
@@ -112,9 +113,13 @@ class Autoencoder(nn.Module):
 
 def build(config: ModelConfig) -> nn.Module:
     config.validate()
-    if config.latent_dim < 1:
-        raise PetsegError(f"latent_dim must be >= 1, got {config.latent_dim}")
     return Autoencoder(config)
+
+
+def _prepare(options: dict) -> dict:
+    if options["latent_dim"] < 1:
+        raise ValueError(f"latent_dim must be >= 1, got {options['latent_dim']}")
+    return options
 
 
 @hookimpl
@@ -122,6 +127,7 @@ def petseg_bench_models():
     return [
         ModelSpec(
             name="autoencoder",
+            label="Autoencoder",
             build=build,
             description="Conv autoencoder (LeakyReLU, linear latent): reconstruction pretraining, then a segmentation decoder without skips",
             inputs=("image",),
@@ -129,5 +135,13 @@ def petseg_bench_models():
                 Phase("reconstruct", loss="reconstruction", epochs_fraction=0.5),
                 Phase("segment", loss="segmentation", epochs_fraction=0.5),
             ),
+            options=(
+                ModelOption("latent_dim", 1024, "size of the linear latent", flag="--latent-dim"),
+                ModelOption("freeze_encoder", False, "stage 2: keep the pretrained encoder fixed (else fine-tune it)",
+                            flag="--freeze-encoder/--finetune-encoder"),
+            ),
+            prepare_options=_prepare,
+            profiles={"quick": {"latent_dim": 256}},
+            paper=PaperFigures("Autoencoder", (0.56, 0.63, 0.74), (0.75, 0.67, 0.27)),
         )
     ]

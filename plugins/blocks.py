@@ -156,3 +156,13 @@ class UNetDecoder(nn.Module):
             for up in self.ups:
                 x = up(x)
         return self.outc(x)
+
+
+def click_heatmaps(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Gaussian click heatmaps ``h = exp(-d^2 / (2 sigma^2))``: points ``[B, 2]`` as (y, x)
+    in pixels of the ``size x size`` input -> float32 ``[B, 1, size, size]``."""
+    coords = torch.arange(size, dtype=torch.float32, device=points.device)
+    dy = (coords.view(1, size) - points[:, 0:1].float()) ** 2  # [B, size]
+    dx = (coords.view(1, size) - points[:, 1:2].float()) ** 2
+    d2 = dy[:, :, None] + dx[:, None, :]
+    return torch.exp(-d2 / (2.0 * sigma * sigma)).unsqueeze(1)

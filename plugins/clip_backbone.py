@@ -1,24 +1,22 @@
-"""The frozen CLIP image encoder shared by the CLIP models (through open_clip).
+"""The ``clip`` backbone family: CLIP's frozen image tower, through open_clip.
 
-``load_clip(model_name, pretrained)`` returns a :class:`ClipEncoder` that wraps only
-the visual tower, frozen and always in eval mode. ``pretrained`` is one of:
+Key ``clip:<model>[:<weights>]``, where ``<weights>`` is one of:
 
-* an open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``...): downloaded, or
-  taken from the Hugging Face cache; with no internet an uncached tag raises a one-line
-  :class:`~petseg_bench.errors.PetsegError` saying how to pass a local file;
+* an open_clip pretrained tag (``openai``, the default; ``laion2b_s34b_b79k``...):
+  downloaded, or taken from the Hugging Face cache; with no internet an uncached tag
+  raises a one-line :class:`~petseg_bench.errors.PetsegError` saying how to pass a file;
 * a path to a local weights file (``.bin``/``.pt``/``.pth`` read with
   ``torch.load(weights_only=True)``, or ``.safetensors``): a full open_clip / OpenAI
   CLIP state dict, or one of the visual tower alone;
 * ``none``: random initialisation, made deterministic (seed 0) so that every process
-  builds the same random backbone. Results with it are not results with CLIP.
+  builds the same random backbone. Results with it are not results with CLIP, and the
+  backbone says so (``random_init``), so every report warns.
 
-Loaded encoders are cached per ``(model_name, pretrained)``: the three CLIP models of
-one process share one backbone instance (and one device/dtype: moving one model moves
-the backbone of the others).
-
-This module registers the tiny architecture ``petseg-tiny-vit`` (plugins/clip_configs/)
-with open_clip at import: a 2-layer, width-64 ViT with 64-d embeddings for tests and
-quick CPU profiles (with ``none`` only: no pretrained weights exist for it).
+The preprocessing (mean, std, size, bicubic) is read from open_clip's config of the
+tower. This module registers the tiny architecture ``petseg-tiny-vit``
+(plugins/clip_configs/) with open_clip at import: a 2-layer, width-64 ViT with 64-d
+embeddings for tests and quick CPU profiles (with ``none`` only: no pretrained
+weights exist for it).
 """
 
 from __future__ import annotations
@@ -26,32 +24,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Iterator
 
 import open_clip
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from petseg_bench import hookimpl
+from petseg_bench.backbones import RANDOM_INIT, Backbone, Features, Preprocess
+from petseg_bench.specs import BackboneSpec
 from petseg_bench.errors import PetsegError, one_line
 
-#: CLIP's own preprocessing (the OpenAI constants; the models here use them at 224 px).
-CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_DATASET_MEAN)  # type: ignore[assignment]
-CLIP_STD: tuple[float, float, float] = tuple(OPENAI_DATASET_STD)  # type: ignore[assignment]
-CLIP_SIZE = 224
-
+DEFAULT_WEIGHTS = "openai"
 #: The tiny architecture shipped for tests and quick profiles.
 TINY_CLIP_MODEL = "petseg-tiny-vit"
 CONFIG_DIR = Path(__file__).resolve().parent / "clip_configs"
 
-NONE_VALUES = ("none", "random", "")
 NONE_SEED = 0
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors")
-
-_CACHE: dict[tuple[str, str], "ClipEncoder"] = {}
-_LOCK = threading.Lock()
 
 
 def _register_configs() -> None:
@@ -62,46 +53,35 @@ def _register_configs() -> None:
 _register_configs()
 
 
-class ClipEncoder(nn.Module):
-    """CLIP's visual tower, frozen: ``forward(clip_image [B,3,224,224]) -> [B, embed_dim]``.
-
-    Parameters have ``requires_grad=False`` and the module stays in eval mode even when
-    a parent calls ``.train()``. ``key`` (``"model:pretrained"``) identifies the
-    backbone so that a sweep can compute features once for every model sharing it.
-    """
+class ClipEncoder(Backbone):
+    """CLIP's visual tower, frozen: ``extract(x [B,3,S,S]) -> Features(embedding [B, D])``."""
 
     def __init__(self, visual: nn.Module, model_name: str, pretrained: str):
         super().__init__()
         self.visual = visual
-        self.model_name = model_name
-        self.pretrained = pretrained
-        self.key = f"{model_name}:{pretrained}"
-        self.random_init = pretrained.strip().lower() in NONE_VALUES
-        self.embed_dim = int(getattr(visual, "output_dim", 0) or 0)
+        self.key = f"clip:{model_name}:{pretrained}"
+        self.random_init = pretrained.strip().lower() in RANDOM_INIT
+        weights = "random init" if self.random_init else f"{pretrained} weights"
+        self.label = f"CLIP {model_name} ({weights})"
         pp = getattr(visual, "preprocess_cfg", None) or {}
-        size = pp.get("size", getattr(visual, "image_size", CLIP_SIZE))
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.mean = tuple(pp.get("mean", CLIP_MEAN))
-        self.std = tuple(pp.get("std", CLIP_STD))
-        for p in self.visual.parameters():
-            p.requires_grad_(False)
-        super().train(False)
+        size = pp.get("size", getattr(visual, "image_size", 224))
+        self.preprocess = Preprocess(mean=tuple(pp["mean"]), std=tuple(pp["std"]),
+                                     size=int(size[0] if isinstance(size, (tuple, list)) else size),
+                                     interpolation=pp.get("interpolation", "bicubic"))
+        self.freeze()
+        self.embed_dim = int(getattr(visual, "output_dim", 0) or 0)
         if not self.embed_dim:  # towers without output_dim: measure it once
-            probe = torch.zeros(1, 3, self.image_size, self.image_size)
-            self.embed_dim = int(self.forward(probe).shape[-1])
+            probe = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size)
+            self.embed_dim = int(self.extract(probe).embedding.shape[-1])
 
-    def train(self, mode: bool = True) -> "ClipEncoder":  # noqa: ARG002 - frozen: always eval
-        return super().train(False)
-
-    def forward(self, clip_image: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            param = next(self.visual.parameters())
-            if not torch.is_autocast_enabled(clip_image.device.type):
-                clip_image = clip_image.to(param.dtype)
-            feats = self.visual(clip_image)
-            if isinstance(feats, (tuple, list)):  # towers that also return tokens
-                feats = feats[0]
-        return feats
+    def extract(self, x: torch.Tensor) -> Features:
+        param = next(self.visual.parameters())
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(param.dtype)
+        feats = self.visual(x)
+        if isinstance(feats, (tuple, list)):  # towers that also return tokens
+            feats = feats[0]
+        return Features(feats)
 
     def extra_repr(self) -> str:
         return f"key={self.key!r}, embed_dim={self.embed_dim}, frozen"
@@ -166,7 +146,7 @@ def _build(model_name: str, pretrained: str) -> ClipEncoder:
             f"unknown CLIP model {model_name!r}; open_clip has {len(known)} architectures, e.g. {', '.join(sample)}"
         )
     value = pretrained.strip()
-    if value.lower() in NONE_VALUES:
+    if value.lower() in RANDOM_INIT:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(NONE_SEED)
             model = _create(model_name)
@@ -175,7 +155,7 @@ def _build(model_name: str, pretrained: str) -> ClipEncoder:
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if value in tags:
         cfg = open_clip.get_pretrained_cfg(model_name, value)
-        hint = f" with --clip-model {model_name}-quickgelu" if cfg.get("quick_gelu") and not model_name.endswith("quickgelu") else ""
+        hint = f" (model {model_name}-quickgelu)" if cfg.get("quick_gelu") and not model_name.endswith("quickgelu") else ""
         try:
             with _quiet_open_clip():
                 open_clip.download_pretrained(cfg)
@@ -183,7 +163,7 @@ def _build(model_name: str, pretrained: str) -> ClipEncoder:
             raise PetsegError(
                 f"the CLIP weights for {model_name} tag {value!r} could not be fetched (offline and not cached: "
                 f"{type(exc).__name__}); download open_clip_pytorch_model.bin elsewhere and pass "
-                f"--clip-pretrained /path/to/open_clip_pytorch_model.bin{hint}, or --clip-pretrained none for random init"
+                f"the backbone clip:{model_name}:/path/to/open_clip_pytorch_model.bin{hint} (--clip-pretrained FILE), or clip:{model_name}:none for random init"
             ) from exc
         try:
             with _quiet_open_clip():
@@ -208,18 +188,17 @@ def _build(model_name: str, pretrained: str) -> ClipEncoder:
     )
 
 
-def load_clip(model_name: str, pretrained: str) -> ClipEncoder:
-    """The frozen visual tower of ``model_name`` with ``pretrained`` weights (cached per pair)."""
-    key = (model_name, str(pretrained))
-    with _LOCK:
-        enc = _CACHE.get(key)
-        if enc is None:
-            enc = _build(model_name, str(pretrained))
-            _CACHE[key] = enc
-        return enc
+def build_clip(argument: str) -> ClipEncoder:
+    """The backbone for ``clip:<argument>``, ``<argument>`` = ``<model>[:<weights>]``."""
+    model_name, _, weights = argument.partition(":")
+    return _build(model_name, weights or DEFAULT_WEIGHTS)
 
 
-def clear_cache() -> None:
-    """Forget the cached encoders (tests; or to free memory)."""
-    with _LOCK:
-        _CACHE.clear()
+@hookimpl
+def petseg_bench_backbones():
+    return [BackboneSpec(
+        name="clip",
+        build=build_clip,
+        description="CLIP's frozen image tower (open_clip): <model>:<tag | weights file | none>; pooled embedding",
+        example="clip:ViT-B-32:openai",
+    )]

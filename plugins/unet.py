@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from petseg_bench import hookimpl
-from petseg_bench.specs import ModelConfig, ModelSpec
+from petseg_bench.specs import ModelConfig, ModelOption, ModelSpec, PaperFigures
 
 from .blocks import UNetDecoder, UNetEncoder
+
+UPSAMPLE = ("bilinear", "transposed")
 
 
 class UNet(nn.Module):
@@ -16,9 +18,9 @@ class UNet(nn.Module):
 
     def __init__(self, config: ModelConfig, in_channels: int = 3):
         super().__init__()
-        c = config
-        self.encoder = UNetEncoder(in_channels, c.base_channels, c.dropout, c.bilinear)
-        self.decoder = UNetDecoder(c.base_channels, c.n_classes, c.bilinear, c.dropout, skips=True)
+        c, bilinear = config, config.opt("upsample") == "bilinear"
+        self.encoder = UNetEncoder(in_channels, c.base_channels, c.dropout, bilinear)
+        self.decoder = UNetDecoder(c.base_channels, c.n_classes, bilinear, c.dropout, skips=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         skips, x = self.encoder(image)
@@ -30,13 +32,24 @@ def build(config: ModelConfig) -> nn.Module:
     return UNet(config)
 
 
+def upgrade_upsample(options: dict) -> dict:
+    """Options of a format-1 checkpoint: ``bilinear: bool`` became ``upsample``."""
+    if "bilinear" in options:
+        options["upsample"] = "bilinear" if options.pop("bilinear") else "transposed"
+    return options
+
+
 @hookimpl
 def petseg_bench_models():
     return [
         ModelSpec(
             name="unet",
+            label="U-Net",
             build=build,
             description="U-Net (4 downs, 16x16 bottleneck at 256 px, skip concatenation), trained from scratch",
             inputs=("image",),
+            options=(ModelOption("upsample", "bilinear", "decoder upsampling", UPSAMPLE, flag="--upsample"),),
+            upgrade=upgrade_upsample,
+            paper=PaperFigures("U-Net", (0.68, 0.75, 0.87), (0.84, 0.68, 0.52)),
         )
     ]

@@ -150,3 +150,19 @@ def one_error_line(text: str) -> str:
     assert "Traceback" not in text, text
     assert len(lines) == 1 and lines[0].startswith("Error:"), text
     return lines[0]
+
+
+def train(name, cfg, overrides, data_root, out, *, resume=False, cache_dir=None, log=print, on_epoch_end=None):
+    """Train ``name`` with ``overrides`` split into generic config fields and the options
+    the model declares (so one dict of tiny settings serves every model)."""
+    from petseg_bench.engine.training import TrainJob
+    from petseg_bench.engine.training import train as run_training
+    from petseg_bench.plugins import get_registry
+    from petseg_bench.specs import GENERIC_FIELDS
+
+    spec = get_registry().get("model", name)
+    declared = {o.name for o in spec.options}
+    fields = {k: v for k, v in overrides.items() if k in GENERIC_FIELDS}
+    options = {k: v for k, v in overrides.items() if k in declared}
+    job = TrainJob(name, cfg, data_root, out, fields, options, resume=resume, cache_dir=cache_dir)
+    return run_training(job, log=log, on_epoch_end=on_epoch_end)

@@ -10,12 +10,12 @@ import pytest
 
 from petseg_bench.metrics import (
     BUILTIN_METRICS,
-    ConfusionAccumulator,
     bootstrap_ci,
-    confusion_matrices,
     confusion_matrix,
     dice,
+    divide,
     iou,
+    json_float,
     mean_over_classes,
     pixel_accuracy,
     reduce,
@@ -24,6 +24,11 @@ from petseg_bench.metrics import (
 
 METRICS = {s.name: s for s in BUILTIN_METRICS}
 NAN = float("nan")
+
+
+def confusion_matrices(preds, targets) -> np.ndarray:
+    """Stack of per-image confusion matrices ``[N, C, C]`` (images may differ in size)."""
+    return np.stack([confusion_matrix(p, t) for p, t in zip(preds, targets, strict=True)])
 
 
 def same(actual, expected) -> bool:
@@ -168,6 +173,27 @@ def test_summarize_names_both_reductions():
     assert lo <= hi
 
 
+def test_summarize_bootstraps_only_the_metrics_asked_for():
+    out = summarize(CMS, METRICS, n_boot=50, seed=1, ci=("dice",))
+    for reduction in ("dataset", "seed"):
+        assert "ci95" in out[reduction]["dice"]
+        assert "ci95" not in out[reduction]["iou"] and "ci95" not in out[reduction]["pixel_accuracy"]
+    # the same generator seed as a full summary: the same interval
+    assert out["seed"]["dice"] == summarize(CMS, METRICS, n_boot=50, seed=1)["seed"]["dice"]
+
+
+def test_divide_is_nan_where_the_denominator_is_empty():
+    assert same(divide([1, 2, 0], [2, 0, 0]), [0.5, NAN, NAN])
+    assert same(divide(1e-13, 1e-13, eps=1e-12), NAN)
+    assert same(divide(3, 4), 0.75)
+
+
+def test_json_float():
+    assert json_float(None) is None and json_float(NAN) is None and json_float(float("inf")) is None
+    assert json_float(np.float64(2 / 3)) == 0.666667
+    assert json_float(np.array(0.5)) == 0.5
+
+
 # --- against torchmetrics -------------------------------------------------------------
 
 def random_maps(n: int, seed: int, void: bool = True):
@@ -199,18 +225,6 @@ def test_dataset_reduction_matches_torchmetrics():
     np.testing.assert_allclose(reduce(METRICS["iou"], cms, "dataset"), tm_iou, rtol=1e-5)
     np.testing.assert_allclose(reduce(METRICS["dice"], cms, "dataset"), tm_dice, rtol=1e-5)
     assert reduce(METRICS["pixel_accuracy"], cms, "dataset") == pytest.approx(tm_acc, rel=1e-5)
-
-
-def test_accumulator_equals_confusion_matrices():
-    preds, targets = random_maps(7, seed=5)
-    acc = ConfusionAccumulator()
-    ids = [f"img{i}" for i in range(7)]
-    for a, b in ((0, 3), (3, 4), (4, 7)):  # uneven batches
-        acc.update(ids[a:b], preds[a:b], targets[a:b])
-    assert acc.ids == ids
-    assert (acc.matrices() == confusion_matrices(preds, targets)).all()
-    assert acc.summary(METRICS) == summarize(confusion_matrices(preds, targets), METRICS)
-    assert ConfusionAccumulator().matrices().shape == (0, 3, 3)
 
 
 # --- bootstrap ------------------------------------------------------------------------

@@ -1,51 +1,85 @@
-"""The five built-in models, built through the real plugin registry at tiny sizes.
+"""The five built-in models and the ``clip`` backbone, built through the real plugin registry.
 
 64-px inputs, base width 4, and the tiny CLIP architecture ``petseg-tiny-vit`` with
-random weights (``none``): no network, no model hub, a few seconds on 2 CPU cores.
+random weights (``none``): no network, no model hub, a few seconds on 2 CPU cores. The
+CLIP models never run their backbone: the harness computes its :class:`Features` once
+per batch and passes them as ``backbone``; the tests here do the same.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import open_clip
 import pytest
 import torch
 from torch import nn
 
-from petseg_bench.errors import PetsegError
+from petseg_bench import backbones
+from petseg_bench.backbones import Backbone, FeatureCache, Features, Preprocess, backbone_input, load_backbone
+from petseg_bench.engine import checkpoint
+from petseg_bench.engine.inputs import model_inputs, normalise
+from petseg_bench.engine.predictor import trainable_state
+from petseg_bench.errors import PetsegError, PluginError
 from petseg_bench.plugins import get_registry
-from petseg_bench.specs import LossWeights, Phase
-from petseg_bench_models import clip_backbone
-from petseg_bench_models.clip_backbone import CLIP_MEAN, CLIP_SIZE, CLIP_STD, TINY_CLIP_MODEL, ClipEncoder, load_clip
+from petseg_bench.specs import LossWeights, ModelConfig, ModelOption, Phase
+from petseg_bench_models.blocks import click_heatmaps
+from petseg_bench_models.clip_backbone import TINY_CLIP_MODEL, ClipEncoder, build_clip
 
 BUILTIN = ["autoencoder", "clip_only", "clip_unet", "point_clip_unet", "unet"]
 CLIP_MODELS = ["clip_only", "clip_unet", "point_clip_unet"]
+TINY_KEY = f"clip:{TINY_CLIP_MODEL}:none"
 SIZE = 64
 BATCH = 2
+NO_AUTOCAST = contextlib.nullcontext
 
 
-def tiny_config(name: str, **over):
-    spec = get_registry().get("model", name)
-    values = dict(in_size=SIZE, base_channels=4, latent_dim=32, clip_pretrained="none", clip_model=TINY_CLIP_MODEL)
-    values.update(over)
-    return spec, spec.config(**values)
+def spec_of(name: str):
+    return get_registry().get("model", name)
 
 
-def build(name: str, seed: int = 0, **over) -> nn.Module:
-    spec, cfg = tiny_config(name, **over)
+def has_option(spec, name: str) -> bool:
+    return any(o.name == name for o in spec.options)
+
+
+def tiny_config(name: str, generic: dict | None = None, **options):
+    """The model's spec and a tiny config: 64 px, width 4, latent 32, the tiny random CLIP."""
+    spec = spec_of(name)
+    if spec.backbone_option:
+        options.setdefault(spec.backbone_option, TINY_KEY)
+    if has_option(spec, "latent_dim"):
+        options.setdefault("latent_dim", 32)
+    return spec, spec.config({"in_size": SIZE, "base_channels": 4, **(generic or {})}, options)
+
+
+def build(name: str, seed: int = 0, generic: dict | None = None, **options) -> nn.Module:
+    spec, cfg = tiny_config(name, generic, **options)
     torch.manual_seed(seed)
     return spec.build(cfg)
 
 
-def inputs(name: str, seed: int = 1) -> dict[str, torch.Tensor]:
-    spec = get_registry().get("model", name)
+def u8_images(seed: int = 1, batch: int = BATCH) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    batch = {"image": torch.randn(BATCH, 3, SIZE, SIZE, generator=g)}
+    return torch.randint(0, 256, (batch, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
+
+
+CLICKS = torch.tensor([[10.0, 20.0], [40.0, 33.0]])
+
+
+def inputs(name: str, seed: int = 1) -> dict:
+    """The forward arguments the harness would pass, computed directly."""
+    spec = spec_of(name)
+    images = u8_images(seed)
+    batch: dict = {"image": normalise(images, spec.mean, spec.std)}
     if "point" in spec.inputs:
-        batch["point"] = torch.rand(BATCH, 1, SIZE, SIZE, generator=g)
-    if "clip_image" in spec.inputs:
-        batch["clip_image"] = torch.randn(BATCH, 3, CLIP_SIZE, CLIP_SIZE, generator=g)
+        batch["point"] = CLICKS.clone()
+    if "backbone" in spec.inputs:
+        bb = load_backbone(TINY_KEY)
+        batch["backbone"] = bb(backbone_input(bb.preprocess, images))
     return batch
 
+
+# --- the registry's built-ins ------------------------------------------------------------
 
 def test_registry_has_the_five_builtins():
     reg = get_registry()
@@ -55,38 +89,57 @@ def test_registry_has_the_five_builtins():
         spec = reg.models[name]
         assert spec.description and "\n" not in spec.description
         assert spec.inputs[0] == "image"
+        assert spec.label and spec.paper is not None
     assert reg.models["unet"].inputs == ("image",)
     assert reg.models["autoencoder"].inputs == ("image",)
-    assert reg.models["clip_only"].inputs == ("image", "clip_image")
-    assert reg.models["clip_unet"].inputs == ("image", "clip_image")
-    assert reg.models["point_clip_unet"].inputs == ("image", "point", "clip_image")
+    assert reg.models["clip_only"].inputs == ("image", "backbone")
+    assert reg.models["clip_unet"].inputs == ("image", "backbone")
+    assert reg.models["point_clip_unet"].inputs == ("image", "backbone", "point")
     assert reg.models["point_clip_unet"].loss == LossWeights(ce=3.0, dice=0.3)
     assert reg.models["autoencoder"].phases == (
         Phase("reconstruct", loss="reconstruction", epochs_fraction=0.5),
         Phase("segment", loss="segmentation", epochs_fraction=0.5),
     )
-    # the paper's settings are ModelConfig's defaults
+    for name in CLIP_MODELS:
+        assert reg.models[name].backbone_option == "backbone"
+        assert reg.models[name].frozen == ()  # the backbone is not part of the model at all
+    for name in ("unet", "autoencoder"):
+        assert reg.models[name].backbone_option is None
+    # the paper's settings are the defaults
     cfg = reg.models["unet"].config()
-    assert (cfg.in_size, cfg.base_channels, cfg.latent_dim) == (256, 64, 1024)
+    assert (cfg.in_size, cfg.base_channels, cfg.n_classes, cfg.dropout) == (256, 64, 3, 0.0)
+    assert cfg.options == {"upsample": "bilinear"}
+    ae = reg.models["autoencoder"].config()
+    assert ae.options == {"latent_dim": 1024, "freeze_encoder": False}
+    clip = reg.models["clip_unet"].config()
+    assert clip.options == {"backbone": "clip:ViT-B-32:openai", "fuse_clip": "add", "upsample": "bilinear"}
+    assert reg.models["clip_unet"].backbone_key(clip) == "clip:ViT-B-32:openai"
+    assert reg.models["point_clip_unet"].config().opt("heatmap_sigma") == 10.0
+    assert reg.models["unet"].backbone_key(cfg) is None
 
 
-@pytest.mark.parametrize("bilinear", [True, False], ids=["bilinear", "transposed"])
+# --- shapes, layers, precision -------------------------------------------------------------
+
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
 @pytest.mark.parametrize("name", BUILTIN)
-def test_builds_and_returns_logits(name, bilinear):
-    model = build(name, bilinear=bilinear).eval()
+def test_builds_and_returns_logits(name, upsample):
+    spec = spec_of(name)
+    options = {"upsample": upsample} if has_option(spec, "upsample") else {}
+    model = build(name, **options).eval()
     with torch.no_grad():
         out = model(**inputs(name))
     assert out.shape == (BATCH, 3, SIZE, SIZE)
     assert torch.isfinite(out).all()
     has_transposed = any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
     if name != "autoencoder":  # the autoencoder's decoders are transposed convs either way
-        assert has_transposed is (not bilinear)
+        assert has_transposed is (upsample == "transposed")
 
 
 @pytest.mark.parametrize("name", BUILTIN)
 def test_channels_last_and_bf16_autocast(name):
     model = build(name).to(memory_format=torch.channels_last).eval()
-    batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in inputs(name).items()}
+    batch = {k: v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.dim() == 4 else v
+             for k, v in inputs(name).items()}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(**batch)
     assert out.shape == (BATCH, 3, SIZE, SIZE)
@@ -94,10 +147,14 @@ def test_channels_last_and_bf16_autocast(name):
     assert torch.isfinite(out.float()).all()
 
 
-def test_build_validates_config():
-    spec, cfg = tiny_config("unet", in_size=50)
+def test_config_and_build_validate():
+    spec = spec_of("unet")
     with pytest.raises(PetsegError, match="in_size"):
-        spec.build(cfg)
+        spec.config({"in_size": 50})
+    with pytest.raises(PetsegError, match="in_size"):  # build checks too (a config made by hand)
+        spec.build(ModelConfig(in_size=50, base_channels=4, options={"upsample": "bilinear"}))
+    with pytest.raises(PetsegError, match="unknown model config field.*latent_dim"):
+        spec.config({"latent_dim": 32})  # a model option is not a generic field
 
 
 def test_unet_bottleneck_is_in_size_over_16():
@@ -112,24 +169,35 @@ def test_dropout_adds_dropout_layers(name):
     def count(model):
         return sum(isinstance(m, nn.Dropout2d) for m in model.modules())
 
-    assert count(build(name, dropout=0.0)) == 0
-    assert count(build(name, dropout=0.2)) > 0
+    assert count(build(name, generic={"dropout": 0.0})) == 0
+    assert count(build(name, generic={"dropout": 0.2})) > 0
+
+
+# --- the point model ------------------------------------------------------------------------
+
+def test_click_heatmaps_peak_at_the_click():
+    heat = click_heatmaps(CLICKS, SIZE, sigma=3.0)
+    assert heat.shape == (BATCH, 1, SIZE, SIZE) and heat.dtype == torch.float32
+    for (y, x), h in zip(CLICKS.long().tolist(), heat[:, 0]):
+        assert h[y, x] == pytest.approx(1.0)
+        assert divmod(int(h.argmax()), SIZE) == (y, x)
+    assert heat.min() >= 0 and heat.max() <= 1
 
 
 def test_point_model_uses_the_heatmap():
-    model = build("point_clip_unet").eval()
+    model = build("point_clip_unet", heatmap_sigma=5.0).eval()
+    assert model.sigma == 5.0
     first = model.encoder.inc.block[0]
     assert isinstance(first, nn.Conv2d) and first.in_channels == 4
     batch = inputs("point_clip_unet")
     with torch.no_grad():
         a = model(**batch)
-        batch["point"] = torch.zeros_like(batch["point"])
-        b = model(**batch)
-        c = model(**{**batch, "point": batch["point"][:, 0]})  # [B, H, W] is accepted too
+        b = model(**{**batch, "point": torch.zeros_like(batch["point"])})
+        c = model(**{**batch, "point": torch.zeros_like(batch["point"])})
     assert not torch.allclose(a, b)
     assert torch.equal(b, c)
     with pytest.raises(ValueError, match="point"):
-        model(image=batch["image"], clip_image=batch["clip_image"])
+        model(image=batch["image"], backbone=batch["backbone"])
 
 
 def test_fuse_add_and_replace_differ():
@@ -137,12 +205,15 @@ def test_fuse_add_and_replace_differ():
     # the eval-mode bottleneck near 0, so add and replace would look alike)
     add = build("clip_unet", fuse_clip="add").train()
     replace = build("clip_unet", fuse_clip="replace").train()
+    assert (add.fuse, replace.fuse) == ("add", "replace")
     replace.load_state_dict(add.state_dict())  # same weights, only the fusion differs
     batch = inputs("clip_unet")
     with torch.no_grad():
         a, r = add(**batch), replace(**batch)
     assert (a - r).abs().max() > 1e-3
 
+
+# --- the autoencoder --------------------------------------------------------------------------
 
 def test_autoencoder_phases_and_freezing():
     model = build("autoencoder", freeze_encoder=True)
@@ -179,49 +250,91 @@ def test_autoencoder_finetunes_encoder_by_default():
     assert all(p.grad is not None for p in model.encoder.parameters())
 
 
+def test_autoencoder_latent_dim_option():
+    model = build("autoencoder", latent_dim=24)
+    assert model.encoder[-1].out_features == 24
+    with pytest.raises(PetsegError, match="autoencoder: latent_dim must be >= 1"):
+        tiny_config("autoencoder", latent_dim=0)
+
+
+# --- models on a frozen backbone ------------------------------------------------------------
+
 @pytest.mark.parametrize("name", CLIP_MODELS)
-def test_clip_stays_frozen(name):
+def test_backbone_stays_frozen_and_outside_the_model(name):
     model = build(name)
     model.train()
-    assert isinstance(model.clip, ClipEncoder)
-    assert not model.clip.training and not model.clip.visual.training
-    assert model.clip_key == model.clip.key == f"{TINY_CLIP_MODEL}:none"
-    assert all(not p.requires_grad for p in model.clip.parameters())
-    model(**inputs(name)).mean().backward()
-    assert all(p.grad is None for p in model.clip.parameters())
+    bb = load_backbone(TINY_KEY)
+    assert isinstance(bb, ClipEncoder) and isinstance(bb, Backbone)
+    bb.train()  # a frozen backbone ignores it
+    assert not bb.training and not bb.visual.training
+    assert bb.key == TINY_KEY
+    assert all(not p.requires_grad for p in bb.parameters())
+    assert not any(isinstance(m, Backbone) for m in model.modules())
+    batch = inputs(name)
+    assert not batch["backbone"].embedding.requires_grad
+    model(**batch).mean().backward()
+    assert all(p.grad is None for p in bb.parameters())
     assert model.project.weight.grad is not None
     assert all(p.grad is not None for p in model.decoder.parameters())
 
 
 @pytest.mark.parametrize("name", CLIP_MODELS)
-def test_clip_features_path_equals_clip_image_path(name):
+def test_harness_features_equal_the_backbones_own(name):
+    """What the harness passes (FeatureCache via model_inputs) is what the backbone computes
+    on backbone_input, and the model's output is the same either way."""
+    spec, cfg = tiny_config(name)
     model = build(name).eval()
-    batch = inputs(name)
-    features = model.clip(batch["clip_image"])
-    assert features.shape == (BATCH, model.clip.embed_dim)
+    bb = load_backbone(spec.backbone_key(cfg))
+    images = u8_images(3)
+    cache = FeatureCache()
+    harness = model_inputs(spec, images, CLICKS, bb, cache, NO_AUTOCAST)
+    assert set(harness) == set(spec.inputs)
+    assert cache.get(bb, images, NO_AUTOCAST) is harness["backbone"]  # computed once per batch
+    x = backbone_input(bb.preprocess, images)
+    assert x.shape == (BATCH, 3, bb.preprocess.size, bb.preprocess.size)
+    direct = bb(x)
+    assert isinstance(direct, Features) and len(direct) == BATCH
+    assert direct.embedding.shape == (BATCH, bb.embed_dim)
+    torch.testing.assert_close(harness["backbone"].embedding, direct.embedding)
     with torch.no_grad():
-        from_image = model(**batch)
-        rest = {k: v for k, v in batch.items() if k != "clip_image"}
-        from_features = model(**rest, clip_features=features)
-    torch.testing.assert_close(from_image, from_features)
-    with pytest.raises(ValueError, match="clip"):
+        from_harness = model(**harness)
+        from_direct = model(**{**harness, "backbone": direct})
+    torch.testing.assert_close(from_harness, from_direct)
+    rest = {k: v for k, v in harness.items() if k != "backbone"}
+    with pytest.raises(ValueError, match="backbone"):
         model(**rest)
+    with pytest.raises(ValueError, match=r"\[B, 64\]"):
+        model(**{**rest, "backbone": Features(torch.zeros(BATCH, 7))})
 
 
 def test_clip_models_share_one_backbone():
-    models = [build(n) for n in CLIP_MODELS]
-    assert models[0].clip is models[1].clip is models[2].clip
-    assert load_clip(TINY_CLIP_MODEL, "none") is models[0].clip
+    bb = load_backbone(TINY_KEY)
+    assert load_backbone(TINY_KEY) is bb  # one instance per key, per process
+    models = {n: build(n) for n in CLIP_MODELS}
+    backbone_tensors = {t.data_ptr() for t in bb.state_dict().values()}
+    for name, model in models.items():
+        assert model.embed_dim == bb.embed_dim == 64
+        assert model.project.in_features == 64
+        state = model.state_dict()
+        assert not any(k.startswith(("visual.", "backbone.", "clip.")) for k in state), name
+        assert not backbone_tensors & {t.data_ptr() for t in state.values()}, name
+        assert trainable_state(spec_of(name), model).keys() == state.keys()  # nothing to leave out
 
 
-def test_clip_constants():
-    assert CLIP_SIZE == 224
-    assert CLIP_MEAN == tuple(open_clip.OPENAI_DATASET_MEAN)
-    assert CLIP_STD == tuple(open_clip.OPENAI_DATASET_STD)
-    enc = load_clip(TINY_CLIP_MODEL, "none")
-    assert enc.image_size == CLIP_SIZE and enc.embed_dim == 64
+def test_clip_backbone_declares_its_preprocessing():
+    bb = load_backbone(TINY_KEY)
+    assert bb.preprocess == Preprocess(mean=tuple(open_clip.OPENAI_DATASET_MEAN),
+                                       std=tuple(open_clip.OPENAI_DATASET_STD), size=224, interpolation="bicubic")
+    assert bb.embed_dim == 64 and bb.feature_channels == ()
+    assert bb.random_init and "random init" in bb.label
+    assert bb.describe() == {"key": TINY_KEY, "label": bb.label, "random_init": True}
     assert TINY_CLIP_MODEL in open_clip.list_models()
+    registry = get_registry()
+    assert registry.backbones["clip"].build is build_clip
+    assert registry.origins[("backbone", "clip")] == "clip_backbone"
 
+
+# --- the clip backbone's weights --------------------------------------------------------------
 
 def _visual_state(enc: ClipEncoder) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in enc.visual.state_dict().items()}
@@ -234,13 +347,26 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 
 
 def test_none_is_deterministic():
-    first = _visual_state(load_clip(TINY_CLIP_MODEL, "none"))
-    clip_backbone.clear_cache()
+    first = _visual_state(build_clip(f"{TINY_CLIP_MODEL}:none"))
+    torch.manual_seed(12345)  # the caller's RNG state must not matter
+    second = build_clip(f"{TINY_CLIP_MODEL}:none")
+    _assert_same(first, _visual_state(second))
+    assert second.key == TINY_KEY and second.random_init
+    # nor does building one disturb the caller's RNG
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    build_clip(f"{TINY_CLIP_MODEL}:none")
+    assert torch.equal(torch.rand(3), expected)
+    # a fresh process cache builds an equal, new instance
+    cached = load_backbone(TINY_KEY)
+    backbones.clear_cache()
     try:
-        torch.manual_seed(12345)  # the caller's RNG state must not matter
-        _assert_same(first, _visual_state(load_clip(TINY_CLIP_MODEL, "none")))
+        rebuilt = load_backbone(TINY_KEY)
+        assert rebuilt is not cached
+        _assert_same(_visual_state(cached), _visual_state(rebuilt))
     finally:
-        clip_backbone.clear_cache()
+        backbones.clear_cache()
 
 
 @pytest.mark.parametrize("fmt", ["torch", "safetensors", "visual-only"])
@@ -259,13 +385,15 @@ def test_loads_a_local_weights_file(tmp_path, fmt):
     else:
         path = tmp_path / "open_clip_pytorch_model.bin"
         torch.save(state, path)
-    enc = load_clip(TINY_CLIP_MODEL, str(path))
-    assert enc.key == f"{TINY_CLIP_MODEL}:{path}"
-    assert not enc.random_init
-    _assert_same(_visual_state(enc), {k: v for k, v in full.visual.state_dict().items()})
+    key = f"clip:{TINY_CLIP_MODEL}:{path}"
+    enc = load_backbone(key)
+    assert isinstance(enc, ClipEncoder)
+    assert enc.key == key == build_clip(f"{TINY_CLIP_MODEL}:{path}").key
+    assert not enc.random_init and "random" not in enc.label
+    _assert_same(_visual_state(enc), dict(full.visual.state_dict()))
     assert all(not p.requires_grad for p in enc.parameters())
     # not the random-init backbone
-    none = _visual_state(load_clip(TINY_CLIP_MODEL, "none"))
+    none = _visual_state(load_backbone(TINY_KEY))
     assert any(not torch.equal(none[k], v) for k, v in _visual_state(enc).items())
 
 
@@ -273,15 +401,19 @@ def test_wrong_weights_file_is_one_line(tmp_path):
     path = tmp_path / "other.bin"
     torch.save({"something.else": torch.zeros(3)}, path)
     with pytest.raises(PetsegError) as err:
-        load_clip(TINY_CLIP_MODEL, str(path))
+        build_clip(f"{TINY_CLIP_MODEL}:{path}")
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg
+    # through the process cache the plugin's own one-line error comes through unchanged
+    with pytest.raises(PetsegError) as err:
+        load_backbone(f"clip:{TINY_CLIP_MODEL}:{path}")
+    assert str(err.value) == msg
 
 
 def test_missing_weights_file_names_it(tmp_path):
     missing = tmp_path / "nowhere" / "open_clip_pytorch_model.bin"
     with pytest.raises(PetsegError, match="not found") as err:
-        load_clip("ViT-B-32", str(missing))
+        build_clip(f"ViT-B-32:{missing}")
     assert str(missing) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -292,17 +424,212 @@ def test_tag_offline_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    key = "clip:ViT-B-32:openai"
     with pytest.raises(PetsegError) as err:
-        load_clip("ViT-B-32", "openai")
+        load_backbone(key)
     msg = str(err.value)
     assert "\n" not in msg
     assert "'openai'" in msg and "could not be fetched" in msg
-    assert "--clip-pretrained /path/to/open_clip_pytorch_model.bin" in msg
-    assert ("ViT-B-32", "openai") not in clip_backbone._CACHE
+    assert "clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin" in msg
+    assert key not in backbones._CACHE
 
 
 def test_unknown_model_and_tag():
     with pytest.raises(PetsegError, match="unknown CLIP model 'ViT-Nope'.*ViT-B-32"):
-        load_clip("ViT-Nope", "none")
+        build_clip("ViT-Nope:none")
     with pytest.raises(PetsegError, match="unknown CLIP pretrained tag 'nonsense'.*openai"):
-        load_clip("ViT-B-32", "nonsense")
+        build_clip("ViT-B-32:nonsense")
+    with pytest.raises(PetsegError, match="unknown CLIP model 'ViT-Nope'"):
+        load_backbone("clip:ViT-Nope:none")
+    assert "clip:ViT-Nope:none" not in backbones._CACHE
+
+
+def test_backbone_keys_are_checked():
+    with pytest.raises(PluginError, match="unknown backbone 'nope'.*clip"):
+        load_backbone("nope:anything")
+    with pytest.raises(PetsegError, match="must look like <family>:<argument>"):
+        load_backbone("clip")
+    with pytest.raises(PetsegError, match="must look like"):
+        load_backbone(":ViT-B-32")
+
+
+# --- options: parsing, profiles, legacy shorthands ----------------------------------------------
+
+def test_option_parse_types():
+    flag = ModelOption("freeze", False)
+    for text, value in [("1", True), ("true", True), ("Yes", True), (" on ", True),
+                        ("0", False), ("false", False), ("no", False), ("OFF", False)]:
+        assert flag.parse(text) is value, text
+    assert flag.parse(True) is True
+    number = ModelOption("latent_dim", 1024)
+    assert number.parse("256") == 256 and type(number.parse("256")) is int
+    assert number.parse(64) == 64
+    real = ModelOption("sigma", 10.0)
+    assert real.parse("2.5") == 2.5
+    assert real.parse(3) == 3.0 and type(real.parse(3)) is float  # an int is a fine float
+    text = ModelOption("backbone", "clip:ViT-B-32:openai")
+    assert text.parse("efficientnet:lite0") == "efficientnet:lite0"
+    choice = ModelOption("upsample", "bilinear", choices=("bilinear", "transposed"))
+    assert choice.parse("transposed") == "transposed"
+
+
+@pytest.mark.parametrize("option, value, match", [
+    (ModelOption("freeze", False), "maybe", "model option freeze: 'maybe' is not a bool"),
+    (ModelOption("latent_dim", 1024), "2.5", "model option latent_dim: '2.5' is not a int"),
+    (ModelOption("latent_dim", 1024), "many", "is not a int"),
+    (ModelOption("latent_dim", 1024), 2.5, "latent_dim: expected a int, got 2.5"),
+    (ModelOption("sigma", 10.0), "wide", "model option sigma: 'wide' is not a float"),
+    (ModelOption("sigma", 10.0), True, "expected a float"),
+    (ModelOption("name", "x"), 3, "expected a str, got 3"),
+    (ModelOption("upsample", "bilinear", choices=("bilinear", "transposed")), "nearest",
+     "upsample must be one of bilinear, transposed, got 'nearest'"),
+])
+def test_option_parse_errors_are_one_line(option, value, match):
+    with pytest.raises(PetsegError, match=match) as err:
+        option.parse(value)
+    assert "\n" not in str(err.value)
+
+
+def test_options_from_strings_reach_the_model_config():
+    """What ``--model-opt k=v`` hands over: strings, parsed by each option's type."""
+    spec = spec_of("point_clip_unet")
+    cfg = spec.config({"in_size": SIZE}, {"heatmap_sigma": "4", "upsample": "transposed", "fuse_clip": "replace"})
+    assert cfg.opt("heatmap_sigma") == 4.0 and isinstance(cfg.opt("heatmap_sigma"), float)
+    assert (cfg.opt("upsample"), cfg.opt("fuse_clip")) == ("transposed", "replace")
+    ae = spec_of("autoencoder").config(options={"latent_dim": "48", "freeze_encoder": "yes", "dropout": None})
+    assert ae.options == {"latent_dim": 48, "freeze_encoder": True}
+    with pytest.raises(PetsegError, match="fuse_clip must be one of add, replace"):
+        spec.config(options={"fuse_clip": "concat"})
+    with pytest.raises(PetsegError, match="point_clip_unet: heatmap_sigma must be > 0"):
+        spec.config(options={"heatmap_sigma": "0"})
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_unknown_option_names_error(name):
+    spec = spec_of(name)
+    with pytest.raises(PetsegError) as err:
+        spec.config(options={"no_such_option": 1})
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"model {name} has no option 'no_such_option'" in msg
+    assert all(o.name in msg for o in spec.options)  # says which it has
+    with pytest.raises(PetsegError, match=f"model {name} has no option 'bilinear'"):
+        spec.config(options={"bilinear": False})  # a format-1 field is not an option
+
+
+@pytest.mark.parametrize("name", CLIP_MODELS)
+def test_quick_profile_uses_the_tiny_backbone(name):
+    spec = spec_of(name)
+    cfg = spec.config(profile="quick")
+    assert cfg.opt("backbone") == TINY_KEY
+    assert spec.config().opt("backbone") == "clip:ViT-B-32:openai"  # no profile: the paper's
+    if name == "point_clip_unet":
+        assert cfg.opt("heatmap_sigma") == 4.0
+    # what the user gives wins over the profile
+    assert spec.config(options={"backbone": "efficientnet:lite0"}, profile="quick").opt("backbone") == "efficientnet:lite0"
+    assert spec.config(options={"backbone": None}, profile="quick").opt("backbone") == TINY_KEY  # None: not given
+    assert spec.config(profile="paper").opt("backbone") == "clip:ViT-B-32:openai"  # a profile it does not override
+
+
+def test_quick_profile_of_the_other_builtins():
+    assert spec_of("autoencoder").config(profile="quick").opt("latent_dim") == 256
+    assert spec_of("autoencoder").config(options={"latent_dim": 64}, profile="quick").opt("latent_dim") == 64
+    assert spec_of("unet").config(profile="quick").options == {"upsample": "bilinear"}
+
+
+@pytest.mark.parametrize("name", CLIP_MODELS)
+def test_legacy_clip_shorthands_fold_into_the_key(name):
+    spec = spec_of(name)
+    cfg = spec.config(options={"clip_model": TINY_CLIP_MODEL, "clip_pretrained": "none"})
+    assert cfg.opt("backbone") == TINY_KEY
+    assert "clip_model" not in cfg.options and "clip_pretrained" not in cfg.options
+    assert spec.config(options={"clip_pretrained": "none"}).opt("backbone") == "clip:ViT-B-32:none"
+    assert spec.config(options={"clip_model": "ViT-B-16"}).opt("backbone") == "clip:ViT-B-16:openai"
+    # on top of the quick profile's key, the shorthand changes only its part
+    assert spec.config(options={"clip_pretrained": "/w/tiny.bin"}, profile="quick").opt("backbone") == \
+        f"clip:{TINY_CLIP_MODEL}:/w/tiny.bin"
+    # a non-CLIP backbone: the shorthand means CLIP again
+    assert spec.config(options={"backbone": "efficientnet:lite0", "clip_pretrained": "none"}).opt("backbone") == \
+        "clip:ViT-B-32:none"
+    # the folded config is stable: built again from its own options it is the same
+    assert spec.config(options=cfg.options).options == cfg.options
+
+
+# --- format-1 checkpoints --------------------------------------------------------------------
+
+#: A format-1 model config: every setting of every built-in as a flat field.
+FORMAT1 = dict(in_size=SIZE, base_channels=4, n_classes=3, dropout=0.1, bilinear=False, fuse_clip="replace",
+               freeze_encoder=True, latent_dim=32, heatmap_sigma=6.0, clip_model=TINY_CLIP_MODEL,
+               clip_pretrained="none", options={})
+CLIP_OPTIONS = {"backbone": TINY_KEY, "fuse_clip": "replace", "upsample": "transposed"}
+UPGRADED = {
+    "unet": {"upsample": "transposed"},
+    "autoencoder": {"latent_dim": 32, "freeze_encoder": True},
+    "clip_only": CLIP_OPTIONS,
+    "clip_unet": CLIP_OPTIONS,
+    "point_clip_unet": {**CLIP_OPTIONS, "heatmap_sigma": 6.0},
+}
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_format1_checkpoint_config_is_upgraded(tmp_path, name):
+    spec = spec_of(name)
+    path = tmp_path / "old.pt"
+    torch.save({"format": checkpoint.FORMAT, "format_version": 1, "model": name, "model_config": dict(FORMAT1),
+                "state_dict": {}}, path)
+    data = checkpoint.load(path, expect_model=name)
+    cfg = checkpoint.model_config(data, spec, path)
+    assert (cfg.in_size, cfg.base_channels, cfg.n_classes, cfg.dropout) == (SIZE, 4, 3, 0.1)
+    assert cfg.options == UPGRADED[name]
+    model = spec.build(cfg)  # and it builds
+    assert sum(isinstance(m, nn.Dropout2d) for m in model.modules()) > 0
+    # today's format round-trips the upgraded config unchanged
+    again = checkpoint.model_config({"format_version": checkpoint.FORMAT_VERSION, "model_config": cfg.to_dict()},
+                                    spec, path)
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_format1_checkpoint_loads_into_a_predictor(tmp_path, name):
+    """A whole format-1 file (flat config, weights under today's module names, no backbone
+    weights) loads through load_predictor, with its backbone attached."""
+    import numpy as np
+
+    from petseg_bench.engine.predictor import load_predictor
+    from petseg_bench.engine.runtime import Runtime
+
+    spec = spec_of(name)
+    cfg = checkpoint.model_config({"format_version": 1, "model_config": dict(FORMAT1)}, spec, "old.pt")
+    torch.manual_seed(0)
+    state = trainable_state(spec, spec.build(cfg))
+    path = tmp_path / "old.pt"
+    torch.save({"format": checkpoint.FORMAT, "format_version": 1, "model": name, "model_config": dict(FORMAT1),
+                "state_dict": state}, path)
+    predictor = load_predictor(path, Runtime.choose("cpu", "fp32"), expect_model=name, fold_bn=False)
+    assert predictor.config == cfg
+    loaded = predictor.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    expected = TINY_KEY if spec.backbone_option else None
+    assert (predictor.info["backbone"] or {}).get("key") == expected
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)]
+    labels = [np.ones(im.shape[:2], np.uint8) for im in images]
+    assert [m.shape for m in predictor.predict(images, labels)] == [(40, 52), (20, 30)]
+
+
+def test_format1_with_default_clip_fields():
+    """A format-1 file written with the old CLIP defaults (ViT-B-32, openai)."""
+    spec = spec_of("clip_unet")
+    old = {**FORMAT1, "bilinear": True, "clip_model": "ViT-B-32", "clip_pretrained": "openai"}
+    cfg = checkpoint.model_config({"format_version": 1, "model_config": old}, spec, "old.pt")
+    assert cfg.options == {"backbone": "clip:ViT-B-32:openai", "fuse_clip": "replace", "upsample": "bilinear"}
+
+
+def test_format2_rejects_flat_fields():
+    spec = spec_of("unet")
+    data = {"format_version": 2, "model_config": {"in_size": SIZE, "bilinear": False, "options": {}}}
+    with pytest.raises(PetsegError, match="unknown model config field.*bilinear"):
+        checkpoint.model_config(data, spec, "new.pt")
+    bad = {"format_version": 2, "model_config": {"in_size": SIZE, "options": {"upsample": "cubic"}}}
+    with pytest.raises(PetsegError, match="checkpoint new.pt: model option upsample must be one of"):
+        checkpoint.model_config(bad, spec, "new.pt")

@@ -14,8 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from petseg_bench.cli import main
+from petseg_bench.plugins import get_registry
+from petseg_bench.reporting.check import CheckOutcome, check_run
+from petseg_bench.reporting.summary import baseline_values, build_summary, curve_scores, robustness_scores
 from petseg_bench.results import CLEAN, Cell, load_run, write_cell
-from petseg_bench.summary import baseline_values, build_summary, curve_scores, robustness_scores
+from petseg_bench.specs import ModelSpec, PaperFigures
 
 PERTS = {"gaussian_noise": ("std", [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]),
          "occlusion": ("side", [0, 5, 10, 15, 20, 25, 30, 35, 40, 45])}
@@ -64,10 +67,11 @@ def make_run(run_dir: Path, ids: list[str], models=("unet", "point_clip_unet"), 
         "perturbation_params": {p: {"param": param, "values": vals} for p, (param, vals) in PERTS.items()},
         "started": "2026-01-01T00:00:00+00:00",
         "model_info": {
-            "unet": {"checkpoint": "ck/unet/best.pt", "clip": None, "eval_click_rule": None, "in_size": 64,
-                     "base_channels": 8, "epoch": 3, "val": {"val_miou": 0.5}},
-            "point_clip_unet": {"checkpoint": "ck/point_clip_unet/best.pt",
-                                "clip": {"model": "ViT-B-32", "pretrained": "none"},
+            "unet": {"checkpoint": "ck/unet/best.pt", "sha256": "0abc" * 4, "backbone": None,
+                     "eval_click_rule": None, "in_size": 64, "base_channels": 8, "epoch": 3, "val": {"val_miou": 0.5}},
+            "point_clip_unet": {"checkpoint": "ck/point_clip_unet/best.pt", "sha256": "1abc" * 4,
+                                "backbone": {"key": "clip:ViT-B-32:none", "label": "CLIP ViT-B-32 (random init)",
+                                             "random_init": True},
                                 "eval_click_rule": "the pixel deepest inside the pet", "in_size": 64,
                                 "base_channels": 8, "epoch": 3, "val": {"val_miou": 0.6}},
         },
@@ -80,6 +84,24 @@ def make_run(run_dir: Path, ids: list[str], models=("unet", "point_clip_unet"), 
 
 
 IDS = ["img_a", "img_b", "img_c", "img_d"]
+
+#: What the built-in plugins declare about the two test models (labels, the seed's figures),
+#: so the report tests do not depend on the plugins' current data.
+TEST_SPECS = {
+    "unet": ModelSpec("unet", build=lambda cfg: None, label="U-Net",
+                      paper=PaperFigures("U-Net", (0.68, 0.75, 0.87), (0.84, 0.68, 0.52))),
+    "point_clip_unet": ModelSpec("point_clip_unet", build=lambda cfg: None, label="PointCLIP+U-Net",
+                                 paper=PaperFigures("PointCLIP+U-Net", ((0.70, 0.71), (0.81, 0.82), None),
+                                                    conditions="pretrained backbone",
+                                                    robustness="Dice stays within 2 points of clean.")),
+}
+
+
+@pytest.fixture(autouse=True)
+def model_specs(monkeypatch):
+    models = get_registry().models
+    for name, spec in TEST_SPECS.items():
+        monkeypatch.setitem(models, name, spec)
 
 
 @pytest.fixture
@@ -184,7 +206,7 @@ def test_baseline_values(summary):
 
 def test_write_report_with_example_strips(tmp_path, make_dataset):
     from petseg_bench.data.cache import prepare
-    from petseg_bench.report import write_report
+    from petseg_bench.reporting import write_report
 
     root = make_dataset(n_cat=2, n_dog=2)
     test = prepare(root, "test", "nearest", tmp_path / "cache")
@@ -202,10 +224,10 @@ def test_write_report_with_example_strips(tmp_path, make_dataset):
     assert "{{" not in raw and "{%" not in raw
     html = unescape(raw)  # autoescape writes ' as &#39;
     for text in ("U-Net", "PointCLIP+U-Net", "mIoU seed", "PixAcc dataset", "relative mCE", "0 (clean)",
-                 "seed paper (full dataset, pretrained CLIP, GPU)", "0.70–0.71", "gaussian_noise", "Provenance",
+                 "seed study (full dataset, GPU)", "0.70–0.71", "gaussian_noise", "Provenance",
                  "0.1.0+gtest", "the pixel deepest inside the pet"):
         assert text in html, text
-    assert re.search(r"random-init CLIP: not comparable with the seed's pretrained-CLIP results", html, re.I)
+    assert re.search(r"random-init backbone: not comparable with the seed's pretrained-backbone results", html, re.I)
     srcs = set(re.findall(r'<img src="([^"]+)"', raw))
     assert srcs == {f"plots/{p.name}" for p in pngs}
 
@@ -217,7 +239,7 @@ def test_write_report_with_example_strips(tmp_path, make_dataset):
 
 
 def test_report_without_data_skips_strips_with_a_note(run_dir):
-    from petseg_bench.report import write_report
+    from petseg_bench.reporting import write_report
 
     paths = write_report(run_dir, n_boot=0)
     assert not list((run_dir / "plots").glob("example-*.png"))
@@ -323,3 +345,108 @@ def test_check_without_baseline_is_one_error_line(run_dir, tmp_path):
     assert result.exit_code != 0 and "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: baseline") and "--update-baseline" in lines[0]
+
+
+def test_check_run_returns_the_text_and_the_failure(run_dir, tmp_path):
+    path = tmp_path / "base.json"
+    written = check_run(run_dir, path, None, update=True)
+    assert written.error is None and written.text.startswith("baseline written:")
+    passed = check_run(run_dir, path, None, update=False)
+    assert isinstance(passed, CheckOutcome) and passed.error is None
+    assert "clean mDice" in passed.text and passed.text.splitlines()[-1].startswith("ok: ")
+    edit(path, lambda d: d["models"]["unet"].__setitem__("clean_mdice", 0.95))
+    failed = check_run(run_dir, path, None, update=False, reference_model="point_clip_unet")
+    assert failed.error and "unet clean mDice" in failed.error and "\n" not in failed.error
+    assert "REGRESSED" in failed.text and "ok:" not in failed.text
+
+
+# --- what the report says about each model -------------------------------------------------------
+
+def test_labels_name_the_backbone_everywhere(run_dir):
+    from petseg_bench.reporting import write_report
+
+    write_report(run_dir, n_boot=0, examples=False)
+    md = (run_dir / "report.md").read_text()
+    html = unescape((run_dir / "index.html").read_text())
+    shown = "PointCLIP+U-Net [CLIP ViT-B-32 (random init)]"
+    for text in (md, html):
+        assert text.count(shown) >= 5  # clean, per class, robustness, scores, provenance, warning
+        assert "| U-Net " in md and not re.search(r"(?<!PointCLIP\+)U-Net \[", text)  # no backbone: bare name
+        assert "Dice stays within 2 points of clean." in text  # the spec's robustness note
+        assert "PointCLIP+U-Net (pretrained backbone)" in text  # the paper's conditions
+        assert "provided baseline (paper only)" in text
+    provenance = md.split("## Provenance")[1]
+    assert "| backbone" in provenance and "CLIP ViT-B-32 (random init)" in provenance
+    assert "1abc1abc1abc1abc" in provenance and "ck/point_clip_unet/best.pt" in provenance
+
+
+def test_a_model_whose_plugin_is_missing_keeps_its_name(run_dir, monkeypatch):
+    from petseg_bench.reporting import write_report
+
+    monkeypatch.delitem(get_registry().models, "point_clip_unet")
+    write_report(run_dir, n_boot=0, examples=False)
+    md = (run_dir / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| point_clip_unet [CLIP ViT-B-32"))
+    assert row.rstrip(" |").endswith("—")  # no paper figures
+    assert "Dice stays within 2 points of clean." not in md
+    assert "published no robustness figures" in md
+
+
+def test_reference_model_is_a_parameter(run_dir):
+    from petseg_bench.reporting import write_report
+
+    write_report(run_dir, n_boot=0, examples=False, reference_model="point_clip_unet")
+    scores = json.loads((run_dir / "summary.json").read_text())["scores"]
+    assert scores["reference_model"] == "point_clip_unet" and scores["reference_in_run"]
+    assert scores["models"]["point_clip_unet"]["mce"] == pytest.approx(1.0)
+    assert scores["models"]["unet"]["mce"] == pytest.approx((0.9 / 0.5 + 0.5 / 0.3) / 2, abs=1e-6)  # inverse CEs
+    assert "ref = PointCLIP+U-Net [CLIP ViT-B-32 (random init)]" in (run_dir / "report.md").read_text()
+
+
+def test_the_core_names_no_built_in_model():
+    """Labels, figures and backbones of models are plugin data: the reporting code, the
+    metrics and the run-folder layout never spell a built-in model's name."""
+    package = Path(__file__).resolve().parents[1] / "petseg_bench"
+    files = [*sorted((package / "reporting").rglob("*.py")), *sorted((package / "reporting").rglob("*.j2")),
+             package / "metrics.py", package / "results.py"]
+    for path in files:
+        hits = [line for line in path.read_text().splitlines() if re.search(r"clip|point|autoencoder", line, re.I)]
+        assert not hits, f"{path.name}: {hits}"
+    strips = (package / "reporting" / "strips.py").read_text()
+    assert "sweep" not in strips and "perturb(" in strips  # the one perturbation path, not the engine's
+
+
+# --- the committed reference report --------------------------------------------------------------
+
+def assert_same_numbers(expected, got, where="summary"):
+    """Every entry of ``expected`` is in ``got`` with the same value (floats to the 6
+    decimals summary.json keeps); entries only ``got`` has are additions and pass."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict), where
+        for key, value in expected.items():
+            assert key in got, f"{where}.{key} is missing"
+            assert_same_numbers(value, got[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), where
+        for k, (a, b) in enumerate(zip(expected, got)):
+            assert_same_numbers(a, b, f"{where}[{k}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, abs=1e-6, rel=0), where
+    else:
+        assert got == expected, where
+
+
+def test_quick_cpu_summary_is_reproduced(tmp_path):
+    import shutil
+
+    from petseg_bench.reporting.summary import load_summary
+
+    committed = Path(__file__).resolve().parents[1] / "reports" / "quick-cpu"
+    run_dir = tmp_path / "quick-cpu"
+    run_dir.mkdir()
+    shutil.copy(committed / "run.json", run_dir / "run.json")
+    shutil.copytree(committed / "cells", run_dir / "cells")
+    expected = json.loads((committed / "summary.json").read_text())
+    _, summary = load_summary(run_dir, n_boot=expected["bootstrap"]["n_boot"],
+                              reference_model=expected["scores"]["reference_model"])
+    assert_same_numbers(expected, json.loads(json.dumps(summary)))

@@ -28,11 +28,11 @@ from petseg_bench.config import TrainConfig
 from petseg_bench.data.cache import prepare
 from petseg_bench.errors import PetsegError
 from petseg_bench.plugins import get_registry
-from petseg_bench.results import CLEAN, CM_COLUMNS, Cell, load_run, read_cell, write_cell
-from petseg_bench.sweep import RUN_FILE, SweepPlan, image_rng, parse_levels, run_sweep
-from petseg_bench.training import train
+from petseg_bench.engine.sweep import SweepJob, SweepPlan, parse_levels, run_sweep
+from petseg_bench.perturbation import image_rng
+from petseg_bench.results import CLEAN, CM_COLUMNS, RUN_FILE, Cell, load_run, read_cell, write_cell
 
-from conftest import one_error_line, quiet, write_dataset
+from conftest import one_error_line, quiet, train, write_dataset
 
 MODELS = ["unet", "point_clip_unet"]
 PERTS = ["gaussian_noise", "occlusion", "salt_and_pepper"]
@@ -40,7 +40,7 @@ NOISY = ["gaussian_noise", "salt_and_pepper"]  # perturbations that draw from th
 LEVELS = [1, 5, 9]
 SIZE = (40, 56)  # (height, width)
 N_TEST = 8
-TINY = dict(in_size=32, base_channels=4, clip_model="petseg-tiny-vit", clip_pretrained="none")
+TINY = dict(in_size=32, base_channels=4, backbone="clip:petseg-tiny-vit:none")
 # Ten epochs at lr 1e-2 (well under a second per model here): after one epoch the tiny
 # models predict one class everywhere, whatever the input, and no seed could show.
 TRAIN = TrainConfig(epochs=10, lr=1e-2, batch_size=4, workers=0, precision="fp32", device="cpu",
@@ -72,8 +72,9 @@ def sweep(ckpt_dir, data_root, cache_dir):
     def run(run_dir: Path, *, seed: int = 0, batch_size: int = 3, perturbations=PERTS, levels=LEVELS,
             resume: bool = False, log=quiet) -> dict:
         plan = SweepPlan(list(MODELS), list(perturbations), list(levels), seed=seed, batch_size=batch_size)
-        return run_sweep(plan, ckpt_dir, run_dir, data_root, resume=resume, cache_dir=cache_dir,
-                         precision="fp32", device="cpu", log=log)
+        job = SweepJob(plan, ckpt_dir, run_dir, data_root, resume=resume, cache_dir=cache_dir, precision="fp32",
+                       device="cpu")
+        return run_sweep(job, log=log)
 
     return run
 

@@ -17,32 +17,45 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from petseg_bench import checkpoint
-from petseg_bench import training as training_mod
 from petseg_bench.cli import main
 from petseg_bench.config import TrainConfig
 from petseg_bench.data.cache import prepare
-from petseg_bench.errors import PetsegError
+from petseg_bench.data.clicks import eval_click, train_click
 from petseg_bench.data.split import validation_split
-from petseg_bench.inference import Predictor, confusion_over
-from petseg_bench.inputs import eval_click, heatmaps, train_click
-from petseg_bench.losses import segmentation_loss, soft_dice_loss
+from petseg_bench.engine import checkpoint
+from petseg_bench.engine import hooks as hooks_mod
+from petseg_bench.engine import train_loop as loop_mod
+from petseg_bench.engine import training as training_mod
+from petseg_bench.engine.inference import clean_batches, inference_on_dataset
+from petseg_bench.engine.losses import segmentation_loss, soft_dice_loss
+from petseg_bench.engine.predictor import Predictor, load_predictor
+from petseg_bench.engine.runtime import Runtime
+from petseg_bench.errors import PetsegError
 from petseg_bench.metrics import iou, mean_over_classes, reduce
-from petseg_bench.runtime import Runtime
 from petseg_bench.specs import MetricSpec
-from petseg_bench.training import load_model, train
+from petseg_bench_models.blocks import click_heatmaps as heatmaps
 
-from conftest import one_error_line, quiet, write_dataset
+from conftest import one_error_line, quiet, train, write_dataset
 
 MODELS = ("unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet")
 CLIP_MODELS = ("clip_only", "clip_unet", "point_clip_unet")
-TINY = dict(in_size=32, base_channels=4, latent_dim=16, clip_model="petseg-tiny-vit", clip_pretrained="none")
+TINY = dict(in_size=32, base_channels=4, latent_dim=16, backbone="clip:petseg-tiny-vit:none")
 SIZE = (40, 56)  # (height, width) of the synthetic images: not square, so restoring the size is tested
 ROW_FIELDS = {"epoch", "phase", "train_loss", "lr", "seconds", "images_per_s"}
 VAL_FIELDS = {"val_miou", "val_mdice", "val_miou_seed"}
 IOU = MetricSpec("iou", iou, per_class=True)
 CKPT_FIELDS = {"format", "format_version", "model", "model_config", "train_config", "data_fingerprint",
                "code_version", "runtime", "n_train", "n_val", "state_dict"}
+
+
+def load_model(path, runtime=None, expect_model=None):
+    """(spec, config, model, checkpoint info) through the one loader (BN left unfolded, as in training)."""
+    pr = load_predictor(path, runtime or Runtime.choose("cpu", "fp32"), expect_model, fold_bn=False)
+    return pr.spec, pr.config, pr.model, pr.info
+
+
+def confusion_over(predictor, split, positions, batch_size):
+    return inference_on_dataset({"m": predictor}, clean_batches(split, positions, {"m": predictor}, batch_size))["m"]
 
 
 def tiny_cfg(**kw) -> TrainConfig:
@@ -181,7 +194,7 @@ def test_autoencoder_with_one_epoch_says_it_runs_two(tmp_path, data_root, cache_
 
 
 def test_early_stopping_on_validation_miou(tmp_path, data_root, cache_dir, monkeypatch):
-    monkeypatch.setattr(training_mod, "mean_over_classes", lambda values: 0.5)  # never improves after epoch 1
+    monkeypatch.setattr(hooks_mod, "mean_over_classes", lambda values: 0.5)  # never improves after epoch 1
     messages = []
     result = train("unet", tiny_cfg(epochs=10, patience=2), TINY, data_root, tmp_path, cache_dir=cache_dir,
                    log=messages.append)
@@ -318,7 +331,7 @@ def test_checkpoint_with_pickled_objects_runs_nothing(trained, tmp_path):
 
 
 def test_nan_loss_stops_with_epoch_and_step(tmp_path, data_root, cache_dir, monkeypatch):
-    real = training_mod.segmentation_loss
+    real = loop_mod.segmentation_loss
     calls = {"epoch": 0}
 
     def on_epoch_end(epoch: int) -> None:
@@ -328,7 +341,7 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, data_root, cache_dir, monk
         value = real(logits, *args, **kwargs)
         return value * float("nan") if calls["epoch"] >= 1 else value
 
-    monkeypatch.setattr(training_mod, "segmentation_loss", loss)
+    monkeypatch.setattr(loop_mod, "segmentation_loss", loss)
     out = tmp_path / "runs"
     with pytest.raises(PetsegError) as info:
         train("unet", tiny_cfg(epochs=3), TINY, data_root, out, cache_dir=cache_dir, log=quiet, on_epoch_end=on_epoch_end)
@@ -433,12 +446,12 @@ def test_checkpoints_load_with_weights_only_and_record_provenance(name, trained,
         assert data["model"] == name and data["data_fingerprint"] == fingerprint
         assert data["code_version"] and data["train_config"]["lr"] == 1e-3
         if name in CLIP_MODELS:
-            assert data["model_config"]["clip_pretrained"] == "none"
-            assert data["model_config"]["clip_model"] == "petseg-tiny-vit"
-            assert data["clip"] == {"model": "petseg-tiny-vit", "pretrained": "none"}
-            assert not any(k.startswith("clip.") for k in data["state_dict"])  # rebuilt from its source
+            assert data["model_config"]["options"]["backbone"] == "clip:petseg-tiny-vit:none"
+            assert data["backbone"] == {"key": "clip:petseg-tiny-vit:none", "label": "CLIP petseg-tiny-vit (random init)",
+                                        "random_init": True}
+            assert not any(k.startswith(("clip.", "backbone.", "visual.")) for k in data["state_dict"])  # not ours
         else:
-            assert data["clip"] is None
+            assert data["backbone"] is None
         if name == "point_clip_unet":
             assert "deepest" in data["eval_click_rule"]
 
@@ -465,10 +478,10 @@ def test_evaluate_cli(name, trained, data_root, cache_dir, tmp_path):
             assert set(m[reduction][metric]["per_class"]) == {"background", "cat", "dog"}
     assert 0.0 <= m["dataset"]["pixel_accuracy"]["mean"] <= 1.0
     if name in CLIP_MODELS:
-        assert data["clip"]["pretrained"] == "none"
-        assert "none" in text and "random init" in text
+        assert data["backbone"]["random_init"] is True
+        assert "random init" in text and "random weights" in text
     else:
-        assert data["clip"] is None and "CLIP" not in text
+        assert data["backbone"] is None and "backbone" not in text
 
 
 # --------------------------------------------------------------------------- losses
@@ -568,7 +581,7 @@ def test_train_click_is_on_the_pet_and_seeded():
 def test_wandb_without_the_package_is_one_clear_line(monkeypatch):
     import builtins
 
-    from petseg_bench.training import _wandb_run
+    from petseg_bench.engine.hooks import open_wandb_run
 
     real_import = builtins.__import__
 
@@ -579,4 +592,4 @@ def test_wandb_without_the_package_is_one_clear_line(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(PetsegError, match="pip install wandb"):
-        _wandb_run(True, "unet", {})
+        open_wandb_run("unet", {})

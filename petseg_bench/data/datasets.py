@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..inputs import eval_click, train_click
+from .clicks import eval_click, train_click
 from .cache import PreparedSplit
 from .letterbox import Letterbox
 

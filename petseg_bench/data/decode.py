@@ -14,8 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from ..errors import one_line
+from ..labels import IGNORE as VOID  # void pixels kept as "ignore"
 
-VOID = 255
 VOID_MODES = ("nearest", "ignore")
 TRIMAP_VALUES = {1, 2, 3}  # 1 pet, 2 background, 3 border / unclassified
 PROCESSED_VALUES = {0, 1, 2, VOID}

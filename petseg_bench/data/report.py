@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from .. import CLASS_NAMES
+from ..labels import CLASS_NAMES, IGNORE
 from .cache import PreparedSplit, prepare_all
 from .layout import detect_layout
 
@@ -24,8 +24,8 @@ def split_stats(sp: PreparedSplit) -> dict:
         "dogs": int((sp.species == 2).sum()),
         "dropped": len(sp.dropped),
         "absent": len(sp.absent),
-        "pixels": {**{c: int(counts[i]) for i, c in enumerate(CLASS_NAMES)}, "void": int(counts[255])},
-        "fractions": {**{c: counts[i] / total for i, c in enumerate(CLASS_NAMES)}, "void": counts[255] / total},
+        "pixels": {**{c: int(counts[i]) for i, c in enumerate(CLASS_NAMES)}, "void": int(counts[IGNORE])},
+        "fractions": {**{c: counts[i] / total for i, c in enumerate(CLASS_NAMES)}, "void": counts[IGNORE] / total},
         "height": (int(h.min()), int(np.median(h)), int(h.max())),
         "width": (int(w.min()), int(np.median(w)), int(w.max())),
     }

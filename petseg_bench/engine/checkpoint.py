@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from .errors import PetsegError, one_line
+from ..errors import PetsegError, one_line
 
 FORMAT = "petseg-bench-checkpoint"
-FORMAT_VERSION = 1
+#: 2: model-specific settings live in ``model_config["options"]``; 1 had them as flat fields.
+FORMAT_VERSION = 2
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
@@ -59,3 +60,25 @@ def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
         raise PetsegError(f"checkpoint {path} is for model {data.get('model')!r}, not {expect_model!r}")
     return data
 
+
+
+def model_config(data: dict[str, Any], spec, path: Path):
+    """The checkpoint's :class:`ModelConfig`, validated by the model's spec; a format-1
+    config (model settings as flat fields) is upgraded on the way."""
+    from ..specs import GENERIC_FIELDS, ModelConfig
+
+    raw = dict(data.get("model_config") or {})
+    options = dict(raw.pop("options", None) or {})
+    generic = {k: raw.pop(k) for k in list(raw) if k in GENERIC_FIELDS}
+    if data.get("format_version", 1) < 2:
+        options.update(raw)  # every other format-1 field was a model setting
+        if spec.upgrade is not None:
+            options = spec.upgrade(options)
+        declared = {o.name for o in spec.options}
+        options = {k: v for k, v in options.items() if k in declared}
+    elif raw:
+        raise PetsegError(f"checkpoint {path} has unknown model config field(s): {', '.join(sorted(raw))}")
+    try:
+        return spec.config(generic, options)
+    except PetsegError as exc:
+        raise PetsegError(f"checkpoint {path}: {exc}") from None

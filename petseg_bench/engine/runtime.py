@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import PetsegError
+from ..errors import PetsegError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 

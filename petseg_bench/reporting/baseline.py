@@ -6,7 +6,7 @@ A baseline is JSON::
      "models": {"unet": {"clean_mdice": 0.486, "perturbations": {"gaussian_noise": 0.485, ...}}}}
 
 ``clean_mdice`` is the clean mean Dice and each perturbation's figure its mean Dice over
-the perturbed levels, both on the ``seed`` reduction (:func:`petseg_bench.summary.baseline_values`).
+the perturbed levels, both on the ``seed`` reduction (:func:`.summary.baseline_values`).
 A figure lower than baseline - tolerance is a regression; a model or perturbation in the
 baseline but not in the run fails too; improvements are shown and pass.
 """
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import PetsegError
+from ..errors import PetsegError
+from .fmt import DASH
 from .summary import SCORE_REDUCTION
 
 DEFAULT_TOLERANCE = 0.02
@@ -42,7 +43,7 @@ class Comparison:
 
     def row(self) -> list[str]:
         def f(v: float | None, sign: bool = False) -> str:
-            return "—" if v is None else (f"{v:+.4f}" if sign else f"{v:.4f}")
+            return DASH if v is None else (f"{v:+.4f}" if sign else f"{v:.4f}")
 
         return [self.model, self.metric, f(self.baseline), f(self.now), f(self.delta, sign=True), self.status]
 

@@ -10,27 +10,31 @@ record (``run.json``):
 - ``scores``: per model x perturbation, summary figures on the ``seed`` reduction's mean
   Dice (the seed study's robustness plots used it): mean over the perturbed levels,
   relative robustness, normalised area under the Dice-vs-level curve, and the ImageNet-C
-  corruption errors normalised by U-Net (CE, relative CE; mCE and relative mCE per model).
+  corruption errors normalised by a reference model (CE, relative CE; mCE and relative
+  mCE per model).
 
 Only levels present in the run are used; a figure that cannot be computed is ``None``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import CLASS_NAMES
-from .metrics import BUILTIN_METRICS, REDUCTIONS, bootstrap_ci, mean_over_classes, reduce
-from .results import CLEAN, matrices
+from ..errors import PetsegError
+from ..labels import CLASS_NAMES
+from ..metrics import BUILTIN_METRICS, REDUCTIONS, divide, json_float, mean_over_classes, reduce, summarize
+from ..results import CLEAN, load_run, matrices, read_run
 
 SCHEMA_VERSION = 1
 #: The reduction every robustness score uses (the seed study's robustness plots).
 SCORE_REDUCTION = "seed"
-#: The model corruption errors are normalised by (ImageNet-C uses AlexNet; we use U-Net).
-REFERENCE_MODEL = "unet"
+#: The model corruption errors are normalised by unless told otherwise (ImageNet-C uses
+#: AlexNet, the plain baseline of its day; here the plain U-Net).
+DEFAULT_REFERENCE = "unet"
 
 REDUCTION_DESCRIPTIONS = {
     "dataset": "confusion matrices summed over all test pixels, then scored per class",
@@ -39,17 +43,11 @@ REDUCTION_DESCRIPTIONS = {
 }
 
 _METRICS = {spec.name: spec for spec in BUILTIN_METRICS}
+#: Denominators below this are sums of rounded Dice values that cancel: treat as zero.
+_EPS = 1e-12
 
 
-# --- small pure helpers -----------------------------------------------------------------
-
-def num(value: Any, digits: int = 6) -> float | None:
-    """A JSON-ready float: rounded, ``None`` for NaN/None."""
-    if value is None:
-        return None
-    value = float(value)
-    return None if not np.isfinite(value) else round(value, digits)
-
+# --- per model, from confusion matrices --------------------------------------------------
 
 def mean_dice(cms: np.ndarray, reduction: str) -> float:
     """Class-mean Dice of a stack of confusion matrices ``[N, C, C]`` (NaN if empty)."""
@@ -60,38 +58,42 @@ def mean_dice(cms: np.ndarray, reduction: str) -> float:
 
 def clean_metrics(cms: np.ndarray, n_boot: int = 500, seed: int = 0) -> dict:
     """mIoU, mDice, pixel accuracy, per-class IoU and Dice under both reductions, plus a
-    bootstrap 95% CI of mDice (``n_boot`` replicates; none when 0)."""
-    out: dict = {"n_images": int(len(cms))}
+    bootstrap 95% CI of mDice (``n_boot`` replicates; none when 0): the evaluate
+    summary, reshaped into summary.json's flatter blocks."""
+    full = summarize(cms, _METRICS, n_boot if len(cms) else 0, seed, ci=("dice",))
+    out: dict = {"n_images": full["n_images"]}
     for reduction in REDUCTIONS:
-        iou = reduce(_METRICS["iou"], cms, reduction)
-        dice = reduce(_METRICS["dice"], cms, reduction)
-        block = {
-            "miou": num(mean_over_classes(iou)),
-            "mdice": num(mean_over_classes(dice)),
-            "pixel_accuracy": num(reduce(_METRICS["pixel_accuracy"], cms, reduction)),
-            "iou": {c: num(v) for c, v in zip(CLASS_NAMES, iou)},
-            "dice": {c: num(v) for c, v in zip(CLASS_NAMES, dice)},
-        }
-        if n_boot > 0 and len(cms):
-            block["mdice_ci95"] = [num(v) for v in bootstrap_ci(_METRICS["dice"], cms, reduction, n_boot, seed)]
+        got = full[reduction]
+        block = {"miou": got["iou"]["mean"], "mdice": got["dice"]["mean"],
+                 "pixel_accuracy": got["pixel_accuracy"]["mean"],
+                 "iou": got["iou"]["per_class"], "dice": got["dice"]["per_class"]}
+        if "ci95" in got["dice"]:
+            block["mdice_ci95"] = got["dice"]["ci95"]
         out[reduction] = block
     return out
+
+
+# --- robustness scores, from plain numbers -----------------------------------------------
+
+def _finite_levels(curve: Mapping[int, float]) -> list[int]:
+    return sorted(lv for lv, v in curve.items() if lv > 0 and v is not None and np.isfinite(v))
 
 
 def curve_scores(clean: float | None, perturbed: Mapping[int, float]) -> dict:
     """Mean Dice over the perturbed levels, relative robustness and normalised AUC of one
     Dice-vs-level curve (``perturbed``: level -> Dice, levels > 0)."""
-    levels = sorted(lv for lv, v in perturbed.items() if lv > 0 and v is not None and np.isfinite(v))
+    levels = _finite_levels(perturbed)
     if not levels:
         return {"mean_dice": None, "relative_robustness": None, "auc": None, "levels": []}
     mean = float(np.mean([perturbed[lv] for lv in levels]))
-    rel = mean / clean if clean else None
+    rel = None if clean is None else divide(mean, clean)
     auc = None
     if clean is not None and np.isfinite(clean):
         xs = np.array([0, *levels], dtype=np.float64)
         ys = np.array([clean, *[perturbed[lv] for lv in levels]], dtype=np.float64)
         auc = float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / xs[-1])
-    return {"mean_dice": num(mean), "relative_robustness": num(rel), "auc": num(auc), "levels": levels}
+    return {"mean_dice": json_float(mean), "relative_robustness": json_float(rel), "auc": json_float(auc),
+            "levels": levels}
 
 
 def corruption_errors(clean: float | None, perturbed: Mapping[int, float], ref_clean: float | None,
@@ -109,19 +111,11 @@ def corruption_errors(clean: float | None, perturbed: Mapping[int, float], ref_c
         return None, None
     d = np.array([perturbed[lv] for lv in levels])
     r = np.array([ref_perturbed[lv] for lv in levels])
-    ce = _ratio(np.sum(1 - d), np.sum(1 - r))
+    ce = json_float(divide(np.sum(1 - d), np.sum(1 - r), _EPS))
     rel = None
     if clean is not None and ref_clean is not None and np.isfinite(clean) and np.isfinite(ref_clean):
-        rel = _ratio(np.sum(clean - d), np.sum(ref_clean - r))
+        rel = json_float(divide(np.sum(clean - d), np.sum(ref_clean - r), _EPS))
     return ce, rel
-
-
-def _finite_levels(curve: Mapping[int, float]) -> list[int]:
-    return [lv for lv, v in curve.items() if lv > 0 and v is not None and np.isfinite(v)]
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return None if abs(b) < 1e-12 else float(a / b)
 
 
 def _mean_or_none(values: Sequence[float | None]) -> float | None:
@@ -132,8 +126,21 @@ def _mean_or_none(values: Sequence[float | None]) -> float | None:
     return float(np.mean(values))
 
 
+def _aggregate(rows: Mapping[str, dict], perturbations: Sequence[str]) -> dict:
+    """One model's figures averaged over perturbations."""
+    scored = list(rows.values())
+    agg = {}
+    for key in ("mean_dice", "relative_robustness", "auc"):
+        vals = [r[key] for r in scored if r[key] is not None]
+        agg[key] = json_float(np.mean(vals)) if vals else None
+    complete = all(p in rows for p in perturbations)
+    agg["mce"] = json_float(_mean_or_none([r["ce"] for r in scored])) if complete else None
+    agg["relative_mce"] = json_float(_mean_or_none([r["relative_ce"] for r in scored])) if complete else None
+    return agg
+
+
 def robustness_scores(clean: Mapping[str, float | None], curves: Mapping[str, Mapping[str, Mapping[int, float]]],
-                      perturbations: Sequence[str], reference: str = REFERENCE_MODEL) -> dict:
+                      perturbations: Sequence[str], reference: str = DEFAULT_REFERENCE) -> dict:
     """Summary scores per model from plain numbers.
 
     ``clean``: model -> clean mean Dice; ``curves``: model -> perturbation -> {level: Dice}
@@ -142,26 +149,16 @@ def robustness_scores(clean: Mapping[str, float | None], curves: Mapping[str, Ma
     reference model is not in the run or a denominator is 0.
     """
     out = {}
-    ref_curves = curves.get(reference)
+    ref_curves = curves.get(reference) or {}
     for model, per_pert in curves.items():
         rows: dict[str, dict] = {}
-        for p in perturbations:
-            if p not in per_pert:
-                continue
+        for p in (p for p in perturbations if p in per_pert):
             row = curve_scores(clean.get(model), per_pert[p])
-            ce, rel_ce = corruption_errors(clean.get(model), per_pert[p], clean.get(reference),
-                                           None if ref_curves is None else ref_curves.get(p))
-            row["ce"], row["relative_ce"] = num(ce), num(rel_ce)
+            row["ce"], row["relative_ce"] = corruption_errors(clean.get(model), per_pert[p], clean.get(reference),
+                                                              ref_curves.get(p))
             rows[p] = row
-        scored = list(rows.values())
-        agg = {}
-        for key in ("mean_dice", "relative_robustness", "auc"):
-            vals = [r[key] for r in scored if r[key] is not None]
-            agg[key] = num(np.mean(vals)) if vals else None
-        missing = [p for p in perturbations if p not in rows]
-        agg["mce"] = None if missing else num(_mean_or_none([r["ce"] for r in scored]))
-        agg["relative_mce"] = None if missing else num(_mean_or_none([r["relative_ce"] for r in scored]))
-        out[model] = {"clean_mdice": num(clean.get(model)), "perturbations": rows, **agg}
+        out[model] = {"clean_mdice": json_float(clean.get(model)), "perturbations": rows,
+                      **_aggregate(rows, perturbations)}
     return out
 
 
@@ -186,61 +183,70 @@ def level_values(run: Mapping[str, Any], df: pd.DataFrame, perturbation: str) ->
     return None, {int(lv): float(v) for lv, v in zip(rows["level"], rows["value"])}
 
 
-def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, boot_seed: int = 0) -> dict:
+def _model_curves(dm: pd.DataFrame, clean: dict | None, perts: Sequence[str]) -> dict:
+    """perturbation -> level -> {reduction: mean Dice} of one model; level 0 is its clean cell."""
+    curves = {}
+    for p in perts:
+        dp = dm[dm["perturbation"] == p]
+        if not len(dp):
+            continue
+        by_level = {0: {r: clean[r]["mdice"] for r in REDUCTIONS}} if clean else {}
+        for lv, cell in dp.groupby("level", sort=True):
+            cms = matrices(cell)
+            by_level[int(lv)] = {r: json_float(mean_dice(cms, r)) for r in REDUCTIONS}
+        curves[p] = by_level
+    return curves
+
+
+def _perturbation_info(run: Mapping[str, Any], df: pd.DataFrame, perts: Sequence[str]) -> dict:
+    info = {}
+    for p in perts:
+        param, values = level_values(run, df, p)
+        info[p] = {"param": param, "values": [values.get(lv) for lv in range(max(values) + 1)] if values else []}
+    return info
+
+
+def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, boot_seed: int = 0,
+                  reference_model: str = DEFAULT_REFERENCE) -> dict:
     """The whole summary (see the module docstring) as a JSON-ready dict."""
     models, perts = run_order(df, run)
-    clean: dict[str, dict] = {}
+    clean: dict[str, dict | None] = {}
     curves: dict[str, dict] = {}
     for m in models:
         dm = df[df["model"] == m]
         clean_rows = dm[dm["perturbation"] == CLEAN]
         clean[m] = clean_metrics(matrices(clean_rows), n_boot, boot_seed) if len(clean_rows) else None
-        curves[m] = {}
-        for p in perts:
-            dp = dm[dm["perturbation"] == p]
-            if not len(dp) and not len(clean_rows):
-                continue
-            points = {}
-            if len(clean_rows):
-                points[0] = {r: clean[m][r]["mdice"] for r in REDUCTIONS}
-            for lv, cell in dp.groupby("level", sort=True):
-                cms = matrices(cell)
-                points[int(lv)] = {r: num(mean_dice(cms, r)) for r in REDUCTIONS}
-            if len(dp):
-                curves[m][p] = points
-
-    perturbation_info = {}
-    for p in perts:
-        param, values = level_values(run, df, p)
-        perturbation_info[p] = {"param": param, "values": [values.get(lv) for lv in range(max(values) + 1)] if values else []}
-
-    curve_json = {
-        m: {p: {"levels": sorted(pts), **{r: [pts[lv][r] for lv in sorted(pts)] for r in REDUCTIONS}}
-            for p, pts in per.items()}
-        for m, per in curves.items()
-    }
+        curves[m] = _model_curves(dm, clean[m], perts)
     seed_clean = {m: (c[SCORE_REDUCTION]["mdice"] if c else None) for m, c in clean.items()}
     seed_curves = {m: {p: {lv: v[SCORE_REDUCTION] for lv, v in pts.items() if lv > 0} for p, pts in per.items()}
                    for m, per in curves.items()}
-    scores = robustness_scores(seed_clean, seed_curves, perts)
-
-    ids = run.get("image_ids") or sorted(set(df["image_id"]))
     return {
         "schema": SCHEMA_VERSION,
         "classes": list(CLASS_NAMES),
         "models": models,
         "perturbations": perts,
-        "perturbation_params": perturbation_info,
-        "n_images": len(ids),
+        "perturbation_params": _perturbation_info(run, df, perts),
+        "n_images": len(run.get("image_ids") or sorted(set(df["image_id"]))),
         "seed": run.get("seed"),
         "void": run.get("void"),
         "reductions": dict(REDUCTION_DESCRIPTIONS),
         "bootstrap": {"n_boot": n_boot, "seed": boot_seed, "level": 0.95, "over": "images"},
         "clean": clean,
-        "curves": curve_json,
-        "scores": {"reduction": SCORE_REDUCTION, "reference_model": REFERENCE_MODEL,
-                   "reference_in_run": REFERENCE_MODEL in models, "models": scores},
+        "curves": {m: {p: {"levels": sorted(pts), **{r: [pts[lv][r] for lv in sorted(pts)] for r in REDUCTIONS}}
+                       for p, pts in per.items()} for m, per in curves.items()},
+        "scores": {"reduction": SCORE_REDUCTION, "reference_model": reference_model,
+                   "reference_in_run": reference_model in models,
+                   "models": robustness_scores(seed_clean, seed_curves, perts, reference_model)},
     }
+
+
+def load_summary(run_dir: Path, n_boot: int = 500, reference_model: str = DEFAULT_REFERENCE) -> tuple[dict, dict]:
+    """(run record, summary) of the run folder ``run_dir``."""
+    run = read_run(run_dir)
+    df = load_run(run_dir)
+    if df.empty:
+        raise PetsegError(f"{run_dir} has no finished cell yet; run or resume the sweep first")
+    return run, build_summary(df, run, n_boot=n_boot, reference_model=reference_model)
 
 
 def baseline_values(summary: Mapping[str, Any]) -> dict:

@@ -1,0 +1,85 @@
+"""``petseg-bench evaluate``: a checkpoint's test metrics, both reductions, with CIs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+from ..data.cache import prepare
+from ..data.split import limit as limit_positions
+from ..labels import CLASS_NAMES
+from ..metrics import REDUCTIONS, summarize
+from ..plugins import get_registry
+from ..provenance import code_version
+from .inference import clean_batches, inference_on_dataset
+from .predictor import load_predictor
+from .runtime import Runtime
+
+
+@dataclass
+class EvalJob:
+    checkpoint: Path
+    data_root: Path
+    cache_dir: Path | None = None
+    limit: int | None = None
+    batch_size: int = 16
+    n_boot: int = 1000
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+
+def evaluate_checkpoint(job: EvalJob) -> dict:
+    pr = load_predictor(job.checkpoint, Runtime.choose(job.device, job.precision))
+    info = pr.info
+    void = (info.get("train_config") or {}).get("void", "nearest")
+    test = prepare(job.data_root, "test", void, job.cache_dir)
+    positions = limit_positions(np.arange(len(test)), job.limit, job.seed)
+    t0 = time.perf_counter()
+    cms = inference_on_dataset({"m": pr}, clean_batches(test, positions, {"m": pr}, job.batch_size))["m"]
+    seconds = time.perf_counter() - t0
+    return {
+        "model": info["model"],
+        "checkpoint": str(job.checkpoint),
+        "split": "test",
+        "void": void,
+        "backbone": info.get("backbone"),
+        "eval_click_rule": info.get("eval_click_rule"),
+        "data_fingerprint": test.fingerprint,
+        "train_data_fingerprint": info.get("data_fingerprint"),
+        "code_version": code_version(),
+        "runtime": pr.runtime.describe(),
+        "seconds": round(seconds, 2),
+        "metrics": summarize(cms, get_registry().metrics, n_boot=job.n_boot, seed=job.seed),
+    }
+
+
+def format_summary(result: dict) -> str:
+    m = result["metrics"]
+    rows = []
+    for reduction in REDUCTIONS:
+        block = m[reduction]
+        row = [reduction]
+        for name in ("iou", "dice", "pixel_accuracy"):
+            entry = block.get(name, {})
+            text = _fmt(entry.get("mean"))
+            if "ci95" in entry and None not in entry["ci95"]:
+                text += f" [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+            row.append(text)
+        row += [_fmt(block["iou"]["per_class"][c]) for c in CLASS_NAMES]
+        rows.append(row)
+    head = f"{result['model']} on {result['split']} ({m['n_images']} images, void {result['void']})"
+    bb = result.get("backbone")
+    if bb:
+        head += f"; frozen backbone {bb['label']}" + (" (random weights: not a result with a pretrained backbone)"
+                                                      if bb.get("random_init") else "")
+    table = tabulate(rows, headers=["reduction", "mIoU", "mDice", "pixel acc"] + [f"IoU {c}" for c in CLASS_NAMES])
+    return f"{head}\n{table}"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -1,0 +1,95 @@
+"""Batches of images -> per-image confusion matrices, for one or many models at once.
+
+The one inference path (as detectron2's ``inference_on_dataset``): training validation,
+``evaluate`` and every sweep cell go through :func:`inference_on_dataset`. A batch is
+letterboxed once per input size and shared by the models of that size; the backbone
+features of a batch are computed once per backbone (:class:`FeatureCache`); logits are
+restored to the original resolution and scored on a helper thread while the main
+thread runs the next model.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from ..backbones import FeatureCache
+from ..data.letterbox import Letterbox
+from ..metrics import confusion_matrix
+from .predictor import Predictor, letterbox_batch, restore
+
+T = TypeVar("T")
+
+
+@dataclass
+class Batch:
+    """Images of one batch letterboxed per input size, with their ground truth."""
+
+    labels: list[np.ndarray]
+    #: input size -> (uint8 [B, 3, S, S], geometries, clicks [B, 2] or None)
+    boxed: dict[int, tuple[torch.Tensor, list[Letterbox], torch.Tensor | None]]
+
+
+def make_batch(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], sizes: Iterable[int],
+               clicks: bool) -> Batch:
+    """Letterbox ``images`` once per size (and place the evaluation clicks when asked)."""
+    labels = list(labels)
+    return Batch(labels, {s: letterbox_batch(images, s, labels if clicks else None) for s in sorted(set(sizes))})
+
+
+def prefetch(make: Callable[[T], Batch], items: Sequence[T]) -> Iterator[Batch]:
+    """``make(item)`` for each item, the next one prepared on a background thread while
+    the caller works on the current one."""
+    if not items:
+        return
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(make, items[0])
+        for nxt in list(items[1:]) + [None]:
+            batch = pending.result()
+            if nxt is not None:
+                pending = pool.submit(make, nxt)
+            yield batch
+
+
+def score(logits: torch.Tensor, boxes: Sequence[Letterbox], labels: Sequence[np.ndarray], n_classes: int) -> list:
+    """Per-image confusion matrices of logits restored to each image's original size."""
+    return [confusion_matrix(p, t, n_classes) for p, t in zip(restore(logits, boxes), labels)]
+
+
+def inference_on_dataset(predictors: Mapping[str, Predictor], batches: Iterable[Batch],
+                         on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Per-image confusion matrices ``[N, C, C]`` of every predictor over ``batches``."""
+    futures: dict[str, list] = {name: [] for name in predictors}
+    with ThreadPoolExecutor(1) as post:
+        for batch in batches:
+            cache = FeatureCache()  # one backbone pass per batch, shared by the models on it
+            for name, pr in predictors.items():
+                images, boxes, points = batch.boxed[pr.config.in_size]
+                logits = pr.logits(images, points if pr.needs_clicks else None, cache)
+                futures[name].append(post.submit(score, logits, boxes, batch.labels, pr.config.n_classes))
+                if on_batch is not None:
+                    on_batch(len(batch.labels))
+        out = {}
+        for name, pr in predictors.items():
+            mats = [cm for f in futures[name] for cm in f.result()]
+            c = pr.config.n_classes
+            out[name] = np.stack(mats) if mats else np.zeros((0, c, c), np.int64)
+        return out
+
+
+def clean_batches(split, positions: Sequence[int], predictors: Mapping[str, Predictor],
+                  batch_size: int) -> Iterator[Batch]:
+    """Unperturbed batches of a prepared split, letterboxed for ``predictors``."""
+    sizes = {pr.config.in_size for pr in predictors.values()}
+    clicks = any(pr.needs_clicks for pr in predictors.values())
+    starts = list(range(0, len(positions), batch_size))
+
+    def make(start: int) -> Batch:
+        chunk = [int(p) for p in positions[start:start + batch_size]]
+        return make_batch([split.image(p) for p in chunk], [split.label(p) for p in chunk], sizes, clicks)
+
+    return prefetch(make, starts)

@@ -1,0 +1,198 @@
+"""A model ready for inference, and the one way to load one from a checkpoint.
+
+:func:`load_predictor` (checkpoint -> weights, BatchNorm folded, frozen backbone
+attached) serves ``evaluate``, the sweep and the app; training validates through a
+:class:`Predictor` around the model it trains. Predictions go back to each image's
+original resolution (:func:`restore`) before anything is scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..backbones import Backbone, FeatureCache, load_backbone
+from ..data.clicks import eval_click
+from ..data.letterbox import Letterbox
+from ..errors import PetsegError
+from ..plugins import get_registry
+from ..specs import ModelConfig, ModelSpec
+from . import checkpoint
+from .bn_fold import fold_batchnorm
+from .inputs import model_inputs
+from .runtime import Runtime
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module
+    spec: ModelSpec
+    config: ModelConfig
+    runtime: Runtime
+    backbone: Backbone | None = None
+    #: With torch.compile, batches are padded to this size so one graph serves the
+    #: whole sweep (a smaller last batch would otherwise trigger a recompile).
+    pad_to: int | None = None
+    #: Input pixels per forward: larger batches run in slices, which bounds the
+    #: activation memory (16 images at 256 px) without costing throughput.
+    max_pixels: int = 16 * 256 * 256
+    #: What produced it (checkpoint metadata), for run records and reports.
+    info: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.forward = self.model
+        if self.backbone is None:  # a model on a frozen backbone always gets it
+            self.backbone = attach_backbone(self.spec, self.config)
+        if self.backbone is not None:
+            self.backbone.to(self.runtime.device)
+
+    @property
+    def slice_size(self) -> int:
+        return max(1, self.max_pixels // (self.config.in_size ** 2))
+
+    @property
+    def needs_clicks(self) -> bool:
+        return "point" in self.spec.inputs
+
+    def compile(self, batch_size: int) -> None:
+        """Compile the forward (torch.compile): slower first batch, faster after."""
+        self.forward = torch.compile(self.model, dynamic=False)
+        self.pad_to = min(batch_size, self.slice_size)
+
+    @torch.no_grad()
+    def logits(self, images_u8: torch.Tensor, points: torch.Tensor | None = None,
+               cache: FeatureCache | None = None) -> torch.Tensor:
+        """Letterboxed uint8 batch ``[B, 3, S, S]`` -> float logits ``[B, C, S, S]``."""
+        rt = self.runtime
+        if self.model.training:  # the training loop validates between epochs: never in train mode
+            self.model.eval()
+        images_u8 = images_u8.to(rt.device, non_blocking=True)
+        inputs = model_inputs(self.spec, images_u8, points, self.backbone, cache or FeatureCache(), rt.autocast)
+        outs = []
+        for start in range(0, images_u8.shape[0], self.slice_size):
+            part = {k: v[start:start + self.slice_size] for k, v in inputs.items()}
+            n = len(part["image"])
+            if self.pad_to and n < self.pad_to:
+                part = {k: _pad(v, self.pad_to) for k, v in part.items()}
+            with rt.autocast():
+                outs.append(self.forward(**part)[:n].float())
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def predict(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Label maps at each image's original resolution (``labels`` place the clicks
+        of point-prompted models)."""
+        if self.needs_clicks and labels is None:
+            raise ValueError(f"model {self.spec.name} needs ground truth to place its evaluation click")
+        batch, boxes, points = letterbox_batch(images, self.config.in_size, labels if self.needs_clicks else None)
+        return restore(self.logits(batch, points), boxes)
+
+
+def _pad(x, n: int):
+    """Zero-pad a batch (a tensor or backbone Features) to ``n`` items."""
+    if not isinstance(x, torch.Tensor):
+        return type(x)(_pad(x.embedding, n), tuple(_pad(m, n) for m in x.maps))
+    pad = x.new_zeros((n - x.shape[0],) + tuple(x.shape[1:]))
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.cat([x, pad]).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def build_model(spec: ModelSpec, config: ModelConfig, runtime: Runtime, seed: int | None = None) -> torch.nn.Module:
+    """A fresh model on the runtime's device (seeded when ``seed`` is given)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        model = spec.build(config)
+    except PetsegError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
+        raise PetsegError(f"model {spec.name} failed to build: {type(exc).__name__}: {exc}") from None
+    return model.to(runtime.device, memory_format=torch.channels_last)
+
+
+def attach_backbone(spec: ModelSpec, config: ModelConfig) -> Backbone | None:
+    key = spec.backbone_key(config)
+    return None if key is None else load_backbone(key)
+
+
+def trainable_state(spec: ModelSpec, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint stores: all but the parts the spec declares frozen."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if not k.startswith(spec.frozen or ("\0",))}
+
+
+def load_weights(spec: ModelSpec, model: torch.nn.Module, state: dict, path: Path) -> None:
+    if not isinstance(state, dict):
+        raise PetsegError(f"checkpoint {path} has no weights (state_dict is {type(state).__name__})")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit
+        raise PetsegError(f"checkpoint {path} does not fit model {spec.name}: {str(exc).splitlines()[-1].strip()}") from None
+    missing = [k for k in result.missing_keys if not k.startswith(spec.frozen or ("\0",))]
+    if missing or result.unexpected_keys:
+        bad = (missing + list(result.unexpected_keys))[:4]
+        raise PetsegError(f"checkpoint {path} does not fit model {spec.name}: mismatched weights {', '.join(bad)}")
+
+
+def load_predictor(path: Path, runtime: Runtime | None = None, expect_model: str | None = None,
+                   fold_bn: bool = True) -> Predictor:
+    """Checkpoint -> a Predictor: weights loaded, BatchNorm folded into the convolutions,
+    the frozen backbone (if any) attached; ``info`` holds the checkpoint's metadata."""
+    data = checkpoint.load(path, expect_model)
+    spec = get_registry().get("model", data.get("model"))
+    config = checkpoint.model_config(data, spec, Path(path))
+    runtime = runtime or Runtime.choose()
+    model = build_model(spec, config, runtime)
+    load_weights(spec, model, data.get("state_dict"), Path(path))
+    model.eval()
+    if fold_bn:
+        fold_batchnorm(model)  # inference only: BN folded into the conv before it
+    info = {k: v for k, v in data.items() if k not in ("state_dict", "optimizer", "scheduler", "rng", "loop")}
+    pr = Predictor(model, spec, config, runtime, info=info)
+    info["backbone"] = None if pr.backbone is None else pr.backbone.describe()
+    return pr
+
+
+def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np.ndarray] | None = None):
+    """Letterboxed uint8 batch ``[B, 3, S, S]``, the geometries, and the evaluation clicks
+    ``[B, 2]`` placed on the letterboxed ground truth (only when ``labels`` are given)."""
+    boxes = [Letterbox.fit(im.shape[0], im.shape[1], size) for im in images]
+    batch = np.stack([lb.apply(im) for lb, im in zip(boxes, images)]).transpose(0, 3, 1, 2)
+    points = None
+    if labels is not None:
+        points = torch.tensor([eval_click(lb.apply(lab, label=True)) for lb, lab in zip(boxes, labels)])
+    return torch.from_numpy(np.ascontiguousarray(batch)), boxes, points
+
+
+def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray]:
+    """Un-pad each image's logits, resize them (bilinear) to its original size, argmax.
+
+    OpenCV's resize on HWC float32 and a per-class running maximum are several times
+    faster here than torch's interpolate and argmax on the CPU, with the same result
+    (half-pixel centres, first class wins ties).
+    """
+    out = []
+    for lg, lb in zip(logits.float().cpu().numpy(), boxes):
+        content = np.ascontiguousarray(lb.crop(lg).transpose(1, 2, 0))  # [h, w, C]
+        if content.shape[:2] != (lb.height, lb.width):
+            content = cv2.resize(content, (lb.width, lb.height), interpolation=cv2.INTER_LINEAR)
+            if content.ndim == 2:  # OpenCV drops a single channel axis
+                content = content[..., None]
+        out.append(argmax_last(content))
+    return out
+
+
+def argmax_last(x: np.ndarray) -> np.ndarray:
+    """``argmax`` over the last axis as uint8; the first class wins ties, as np.argmax."""
+    idx = np.zeros(x.shape[:-1], np.uint8)
+    best = x[..., 0].copy()
+    for c in range(1, x.shape[-1]):
+        better = x[..., c] > best
+        idx[better] = c
+        np.maximum(best, x[..., c], out=best)
+    return idx

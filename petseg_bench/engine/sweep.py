@@ -1,0 +1,260 @@
+"""The robustness sweep engine: every model x perturbation x level, resumable.
+
+Work is grouped by (perturbation, level): each batch of test images is perturbed once,
+letterboxed once per input size, passed through a shared CLIP backbone once, and then
+fed to every model that still needs that cell. The next batch's perturbation and
+letterbox run in a background thread while the models compute. Finished cells are
+written atomically; ``--resume`` skips them and recomputes anything unreadable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.cache import prepare
+from ..data.split import limit as limit_positions
+from ..errors import PetsegError
+from ..perturbation import perturb
+from ..plugins import get_registry
+from ..provenance import code_version, file_sha256, hardware, package_versions
+from ..results import CLEAN, RUN_FILE, Cell, read_cell, read_run, write_cell, write_run
+from ..specs import PerturbationSpec
+from .inference import inference_on_dataset, make_batch, prefetch
+from .predictor import Predictor, load_predictor
+from .runtime import Runtime
+
+# run.json keys that must match for --resume to reuse finished cells.
+RESUME_KEYS = ("models", "perturbations", "levels", "seed", "limit", "void", "image_ids", "data_fingerprint",
+               "checkpoints", "perturbation_params")
+
+
+def parse_levels(text: str | None, n_levels: int = 10) -> list[int]:
+    """'all', '1-9', '0,3,5' -> sorted perturbed levels (level 0 is always run, once per model)."""
+    if text is None or text == "all":
+        return list(range(1, n_levels))
+    levels: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if a > b:
+                    raise PetsegError(f"--levels: the range {part!r} is empty (it starts above its end)")
+                levels.update(range(a, b + 1))
+            else:
+                levels.add(int(part))
+        except ValueError:
+            raise PetsegError(f"--levels: {part!r} is not a level, a range like 1-9, or 'all'") from None
+    bad = sorted(lv for lv in levels if not 0 <= lv < n_levels)
+    if bad:
+        raise PetsegError(f"--levels: level {bad[0]} does not exist; levels are 0..{n_levels - 1}")
+    return sorted(lv for lv in levels if lv > 0)
+
+
+def checkpoint_paths(models: list[str], checkpoints_dir: Path) -> dict[str, Path]:
+    paths = {m: Path(checkpoints_dir) / m / "best.pt" for m in models}
+    missing = [m for m, p in paths.items() if not p.is_file()]
+    if missing:
+        cmds = "; ".join(f"petseg-bench train {m} --profile quick --out {checkpoints_dir}" for m in missing)
+        raise PetsegError(f"no checkpoint in {checkpoints_dir} for {', '.join(missing)}: train with `{cmds}` "
+                          f"or pass --train-missing")
+    return paths
+
+
+@dataclass
+class SweepPlan:
+    models: list[str]
+    perturbations: list[str]
+    levels: list[int]
+    seed: int = 0
+    batch_size: int = 32
+    limit: int | None = None
+    void: str = "nearest"
+    compile: bool = False  # torch.compile each model: pays on long sweeps, costs a cold start
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SweepJob:
+    """A plan, where its checkpoints, data and results live, and how to run it."""
+
+    plan: SweepPlan
+    checkpoints_dir: Path
+    run_dir: Path
+    data_root: Path
+    resume: bool = False
+    cache_dir: Path | None = None
+    precision: str = "auto"
+    device: str = "auto"
+
+
+@dataclass
+class SweepData:
+    """What every (perturbation, level) group of a sweep shares."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    ids: list[str]
+    predictors: dict[str, Predictor]
+    perturbations: dict[str, PerturbationSpec]
+    seed: int
+    batch_size: int
+
+
+def run_sweep(job: SweepJob, progress: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run (or finish) a sweep into ``job.run_dir``; returns the run record (run.json)."""
+    t_start = time.perf_counter()
+    plan = job.plan
+    pert_specs = perturbation_specs(plan)
+    levels = levels_of(plan, pert_specs)
+    ckpts = checkpoint_paths(plan.models, job.checkpoints_dir)
+    runtime = Runtime.choose(job.device, job.precision)
+    test = prepare(job.data_root, "test", plan.void, job.cache_dir)
+    if len(test) == 0:
+        raise PetsegError(f"test split at {job.data_root} has no usable image")
+    positions = limit_positions(np.arange(len(test)), plan.limit, plan.seed)
+    ids = [test.names[int(p)] for p in positions]
+    record = merge_resume(job, base_record(plan, test.fingerprint, ids, ckpts, pert_specs))
+    record.update(batch_size=plan.batch_size, compile=plan.compile, code_version=code_version(),
+                  packages=package_versions(), hardware=hardware(), runtime=runtime.describe(),
+                  started=record.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  **plan.extra)
+    predictors = {m: load_predictor(path, runtime, expect_model=m) for m, path in ckpts.items()}
+    if plan.compile:
+        for pr in predictors.values():
+            pr.compile(plan.batch_size)
+    record["model_info"] = {m: model_info(pr, ckpts[m], record["checkpoints"][m]) for m, pr in predictors.items()}
+    write_run(job.run_dir, record)
+
+    todo, n_done = cells_left(plan, levels, job.run_dir, ids)
+    n_cells = sum(len(v) for v in todo.values())
+    if n_done:
+        log(f"resume: {n_done} finished cells kept, {n_cells} to compute")
+    data = SweepData([test.image(int(p)) for p in positions], [test.label(int(p)) for p in positions], ids,
+                     predictors, pert_specs, plan.seed, plan.batch_size)
+    bar = _bar(progress, n_cells * len(ids))
+    t_compute = time.perf_counter()
+    for (pert, level), models in todo.items():
+        mats = run_group(data, pert, level, models, bar.update if bar else None)
+        value = 0.0 if pert == CLEAN else pert_specs[pert].levels[level]
+        for m in models:
+            write_cell(job.run_dir, Cell(m, pert, level), ids, mats[m], value)
+    if bar is not None:
+        bar.close()
+    compute_s = time.perf_counter() - t_compute
+    record["cells_computed"] = n_cells
+    record["image_levels_per_s"] = round(n_cells * len(ids) / compute_s, 2) if n_cells else None
+    record["wall_seconds"] = round(time.perf_counter() - t_start + record.get("wall_seconds_before", 0.0), 1)
+    record["wall_seconds_before"] = record["wall_seconds"]
+    write_run(job.run_dir, record)
+    return record
+
+
+def perturbation_specs(plan: SweepPlan) -> dict[str, PerturbationSpec]:
+    reg = get_registry()
+    return {p: reg.get("perturbation", p) for p in plan.perturbations}
+
+
+def levels_of(plan: SweepPlan, specs: dict[str, PerturbationSpec]) -> dict[str, list[int]]:
+    """The requested levels each perturbation has (perturbations may have fewer levels
+    than others); a requested level that no perturbation has is an error."""
+    out = {p: [lv for lv in plan.levels if lv < len(s.levels)] for p, s in specs.items()}
+    missing = sorted(set(plan.levels) - {lv for lvs in out.values() for lv in lvs})
+    if missing:
+        most = max(len(s.levels) for s in specs.values()) - 1
+        raise PetsegError(f"--levels: level {missing[0]} does not exist; the selected perturbations have levels 0..{most}")
+    return out
+
+
+def base_record(plan: SweepPlan, fingerprint: str, ids: list[str], ckpts: dict[str, Path],
+                pert_specs: dict[str, PerturbationSpec]) -> dict:
+    """The run record's keys that a resume must match."""
+    return {
+        "models": plan.models, "perturbations": plan.perturbations, "levels": plan.levels, "seed": plan.seed,
+        "limit": plan.limit, "void": plan.void, "image_ids": ids, "data_fingerprint": fingerprint,
+        "checkpoints": {m: file_sha256(p) for m, p in ckpts.items()},
+        # A plugin that changed its level values makes old cells stale.
+        "perturbation_params": {p: {"param": s.param, "values": list(s.levels)} for p, s in pert_specs.items()},
+    }
+
+
+def merge_resume(job: SweepJob, record: dict) -> dict:
+    """``record``, or the saved record updated by it when resuming the same configuration."""
+    if not (Path(job.run_dir) / RUN_FILE).is_file():
+        return record
+    saved = read_run(job.run_dir)
+    if not job.resume:
+        raise PetsegError(f"{job.run_dir} already holds a run; pass --resume to finish it, or choose another --out")
+    diff = [k for k in RESUME_KEYS if _canonical(k, saved.get(k)) != _canonical(k, record[k])]
+    if diff:
+        detail = "; ".join(_describe_diff(k, saved.get(k), record[k]) for k in diff[:3])
+        raise PetsegError(f"--resume: {job.run_dir} was made with another configuration ({detail})")
+    return {**saved, **record}
+
+
+def model_info(pr: Predictor, path: Path, sha: str) -> dict:
+    info = pr.info or {}
+    return {"checkpoint": str(path), "sha256": sha, "backbone": info.get("backbone"),
+            "eval_click_rule": info.get("eval_click_rule"), "in_size": pr.config.in_size,
+            "base_channels": pr.config.base_channels, "train_config": info.get("train_config"),
+            "train_data_fingerprint": info.get("data_fingerprint"), "val": info.get("val"), "epoch": info.get("epoch")}
+
+
+def cells_left(plan: SweepPlan, levels: dict[str, list[int]], run_dir: Path,
+               ids: list[str]) -> tuple[dict[tuple[str, int], list[str]], int]:
+    """Unfinished cells grouped by what they share (the perturbed pixels), and how many are done."""
+    todo: dict[tuple[str, int], list[str]] = defaultdict(list)
+    n_done = 0
+    for m in plan.models:
+        for cell in [Cell(m, CLEAN, 0)] + [Cell(m, p, lv) for p in plan.perturbations for lv in levels[p]]:
+            if read_cell(run_dir, cell, ids) is not None:
+                n_done += 1
+            else:
+                todo[(cell.perturbation, cell.level)].append(m)
+    return todo, n_done
+
+
+def run_group(data: SweepData, pert: str, level: int, models: list[str], on_batch=None) -> dict[str, np.ndarray]:
+    """Confusion matrices of every model in ``models`` on one (perturbation, level): each
+    batch is perturbed once and letterboxed once per input size on a background thread."""
+    chosen = {m: data.predictors[m] for m in models}
+    sizes = {pr.config.in_size for pr in chosen.values()}
+    clicks = any(pr.needs_clicks for pr in chosen.values())
+
+    def make(start: int):
+        chunk = slice(start, start + data.batch_size)
+        images, labels, ids = data.images[chunk], data.labels[chunk], data.ids[chunk]
+        if pert != CLEAN:
+            images = perturb(data.perturbations[pert], images, level, ids, data.seed)
+        return make_batch(images, labels, sizes, clicks)
+
+    return inference_on_dataset(chosen, prefetch(make, list(range(0, len(data.images), data.batch_size))), on_batch)
+
+
+def _bar(progress: bool, total: int):
+    if not progress or not total:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="sweep", unit="img")
+
+
+def _canonical(key: str, value):
+    """Order does not matter for the model and perturbation lists."""
+    return sorted(value) if key in ("models", "perturbations") and value is not None else value
+
+
+def _describe_diff(key: str, old, new) -> str:
+    if key in ("image_ids",):
+        return f"test images differ ({len(old or [])} before, {len(new)} now)"
+    if key == "checkpoints":
+        changed = sorted(m for m in set(old or {}) | set(new) if (old or {}).get(m) != new.get(m))
+        return f"checkpoints changed for {', '.join(changed)}"
+    return f"{key}: {old!r} -> {new!r}"

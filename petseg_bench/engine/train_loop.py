@@ -1,0 +1,167 @@
+"""The one training loop: phases of epochs, with everything else in small hooks.
+
+As detectron2's ``engine/train_loop.py``: :class:`TrainLoop` runs the phases and epochs
+and calls its hooks at fixed points; validation, best/last checkpoints, early stopping,
+the JSONL log, W&B and the console are hooks (:mod:`.hooks`). :class:`TrainState` is
+what a resume restores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..backbones import FeatureCache
+from ..data.datasets import sample_seed
+from ..errors import PetsegError
+from .inputs import model_inputs
+from .losses import reconstruction_loss, segmentation_loss
+
+if TYPE_CHECKING:
+    from .training import TrainContext
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in last.pt as ``loop`` and restored by --resume."""
+
+    epoch: int = 0  # epochs finished, over all phases
+    phase: int = 0
+    epoch_in_phase: int = 0
+    best: float = -1.0  # best validation mIoU so far
+    bad_epochs: int = 0  # epochs since the best
+    history: list[dict] = field(default_factory=list)
+    done: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainState":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class HookBase:
+    """A training hook: override any of the calls; ``loop`` gives access to everything."""
+
+    def before_train(self, loop: "TrainLoop") -> None: ...
+    def after_epoch(self, loop: "TrainLoop") -> None: ...  # decide: validate, track the best, stop
+    def after_record(self, loop: "TrainLoop") -> None: ...  # the epoch is settled: save, log
+    def after_train(self, loop: "TrainLoop") -> None: ...
+
+
+class TrainLoop:
+    def __init__(self, ctx: "TrainContext", state: TrainState, hooks: list[HookBase], resumed_optim=None):
+        self.ctx, self.state, self.hooks = ctx, state, hooks
+        self.opt = self.sched = None
+        self.row: dict = {}
+        self.improved = self.stop = self.next_phase = False
+        self._resumed_optim = resumed_optim  # (optimizer state, scheduler state) of an interrupted run
+
+    def call(self, event: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self)
+
+    def run(self) -> None:
+        ctx, st = self.ctx, self.state
+        self.call("before_train")
+        while not st.done and st.phase < len(ctx.phases):
+            self.start_phase()
+            while st.epoch_in_phase < ctx.budget[st.phase]:
+                phase = ctx.phases[st.phase]
+                self.row = {"epoch": st.epoch + 1, "phase": phase.name}
+                self.improved = self.stop = False
+                self.train_epoch(phase.loss)
+                st.epoch += 1
+                st.epoch_in_phase += 1
+                self.call("after_epoch")
+                phase_over = st.epoch_in_phase >= ctx.budget[st.phase]
+                st.done = bool(self.stop or (phase_over and st.phase == len(ctx.phases) - 1))
+                self.next_phase = phase_over and not st.done
+                if self.next_phase:
+                    st.phase, st.epoch_in_phase = st.phase + 1, 0
+                st.history.append(self.row)
+                self.call("after_record")
+                if st.done or self.next_phase:
+                    break
+        self.call("after_train")
+
+    def start_phase(self) -> None:
+        ctx = self.ctx
+        if len(ctx.phases) > 1:
+            ctx.model.set_phase(ctx.phases[self.state.phase].name)
+        self.opt = make_optimizer(ctx.cfg, ctx.model.parameters())
+        self.sched = make_scheduler(ctx.cfg, self.opt)
+        if self._resumed_optim is not None:
+            opt_state, sched_state = self._resumed_optim
+            if opt_state:
+                self.opt.load_state_dict(opt_state)
+            if self.sched is not None and sched_state:
+                self.sched.load_state_dict(sched_state)
+            self._resumed_optim = None
+
+    def train_epoch(self, loss_kind: str) -> None:
+        """One pass over the training set; fills the row's loss, lr and speed."""
+        ctx, epoch = self.ctx, self.state.epoch
+        torch.manual_seed(sample_seed(ctx.cfg.seed, epoch, 1))  # dropout and friends: same per epoch after resume
+        ctx.train_set.epoch = epoch
+        loader = DataLoader(ctx.train_set, batch_size=ctx.cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(sample_seed(ctx.cfg.seed, epoch, 2)),
+                            drop_last=len(ctx.train_set) > ctx.cfg.batch_size, num_workers=ctx.cfg.workers)
+        ctx.model.train()
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        for step, batch in enumerate(ctx.progress(loader, f"{ctx.name} epoch {epoch + 1}")):
+            loss = self.step(batch, loss_kind, step)
+            if self.sched is not None:
+                self.sched.step(epoch + (step + 1) / len(loader))
+            total += loss * len(batch["label"])
+            seen += len(batch["label"])
+        seconds = time.perf_counter() - t0
+        self.row.update(train_loss=round(total / max(seen, 1), 6), lr=self.opt.param_groups[0]["lr"],
+                        seconds=round(seconds, 2), images_per_s=round(seen / seconds, 2))
+
+    def step(self, batch: dict, loss_kind: str, index: int) -> float:
+        ctx = self.ctx
+        device = ctx.runtime.device
+        inputs = model_inputs(ctx.spec, batch["image"].to(device), batch["point"].to(device), ctx.backbone,
+                              FeatureCache(), ctx.runtime.autocast)
+        target = batch["label"].to(device)
+        with ctx.runtime.autocast():
+            out = ctx.model(**inputs)
+        if loss_kind == "reconstruction":
+            loss = reconstruction_loss(out, inputs["image"])
+        else:
+            loss = segmentation_loss(out, target, ctx.class_weights, ctx.ce_weight, ctx.dice_weight)
+        if not torch.isfinite(loss):
+            kept = f"last good checkpoint kept: {ctx.last_path}" if ctx.last_path.exists() else "no checkpoint was written yet"
+            raise PetsegError(f"{ctx.name}: loss is {loss.item()} at epoch {self.state.epoch + 1} step {index + 1}; "
+                              f"stopped ({kept})")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if ctx.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in ctx.model.parameters() if p.requires_grad], ctx.cfg.grad_clip)
+        self.opt.step()
+        return loss.item()
+
+
+def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg, opt: torch.optim.Optimizer):
+    if cfg.scheduler == "none":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=cfg.restart_epochs, eta_min=cfg.lr * 0.01)

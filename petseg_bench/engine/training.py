@@ -1,0 +1,194 @@
+"""``petseg-bench train``: set up one model's training and run the one loop.
+
+A model's spec says which inputs it needs, its loss weights, its phases and its options;
+:func:`train` does the rest: seeded split and augmentation, the model and its frozen
+backbone, an exact resume from last.pt, and the hooks (validation at the original mask
+resolution, best/last checkpoints written atomically, early stopping, JSONL log, W&B,
+console) around :class:`~.train_loop.TrainLoop`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..backbones import Backbone
+from ..config import TrainConfig
+from ..data.cache import PreparedSplit, prepare
+from ..data.clicks import EVAL_CLICK_RULE
+from ..data.datasets import LetterboxedSet
+from ..data.split import limit, validation_split
+from ..errors import PetsegError
+from ..plugins import get_registry
+from ..provenance import code_version
+from ..specs import ModelConfig, ModelSpec, Phase
+from . import checkpoint, hooks
+from .predictor import Predictor, attach_backbone, build_model, load_weights
+from .runtime import Runtime
+from .train_loop import TrainLoop, TrainState
+
+#: Settings that do not change what is computed, so a resume may change them.
+RESUME_FREE = {"workers", "device"}
+
+
+@dataclass
+class TrainJob:
+    """What to train: the model, the loop's config, the model's fields and options."""
+
+    model: str
+    cfg: TrainConfig
+    data_root: Path
+    out_dir: Path
+    model_fields: dict[str, Any] = field(default_factory=dict)  # generic ModelConfig fields
+    model_options: dict[str, Any] = field(default_factory=dict)  # the model's own options
+    profile: str | None = None  # selects the spec's per-profile option values
+    resume: bool = False
+    cache_dir: Path | None = None
+    wandb: bool = False
+
+
+@dataclass
+class TrainResult:
+    model: str
+    best_path: Path
+    last_path: Path
+    best_val_miou: float
+    baseline_val_miou: float  # all-background prediction on the same validation images
+    epochs_run: int
+    images_per_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainContext:
+    """Everything the loop and its hooks share for one training run."""
+
+    name: str
+    spec: ModelSpec
+    mcfg: ModelConfig
+    cfg: TrainConfig
+    runtime: Runtime
+    model: torch.nn.Module
+    backbone: Backbone | None
+    prepared: PreparedSplit
+    train_set: LetterboxedSet
+    val_pos: np.ndarray
+    meta: dict
+    run_dir: Path
+    progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it
+
+    def __post_init__(self) -> None:
+        self.phases: list[Phase] = list(self.spec.phases)
+        self.budget = phase_epochs(self.cfg.epochs, [p.epochs_fraction for p in self.phases])
+        self.predictor = Predictor(self.model, self.spec, self.mcfg, self.runtime, self.backbone)
+        self.class_weights = torch.tensor(self.cfg.class_weights, dtype=torch.float32, device=self.runtime.device)
+        self.ce_weight = self.spec.loss.ce if self.cfg.ce_weight is None else self.cfg.ce_weight
+        self.dice_weight = self.spec.loss.dice if self.cfg.dice_weight is None else self.cfg.dice_weight
+
+    best_path = property(lambda self: self.run_dir / "best.pt")
+    last_path = property(lambda self: self.run_dir / "last.pt")
+    log_path = property(lambda self: self.run_dir / "metrics.jsonl")
+
+
+def phase_epochs(total: int, fractions: list[float]) -> list[int]:
+    """Split the epoch budget over phases by their fractions, each phase at least one epoch."""
+    weights = np.asarray(fractions, dtype=float)
+    counts = np.maximum(1, np.floor(total * weights / weights.sum()).astype(int))
+    counts[-1] = max(1, total - counts[:-1].sum())  # the last (segmentation) phase takes the rest
+    return counts.tolist()
+
+
+def train(job: TrainJob, log: Callable[[str], None] = print, progress: bool = False,
+          on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:
+    ctx = setup(job, progress)
+    if sum(ctx.budget) != job.cfg.epochs:
+        log(f"{job.model}: {len(ctx.phases)} training phases need at least one epoch each; "
+            f"running {sum(ctx.budget)} epochs, not {job.cfg.epochs}")
+    state, optim = resume_state(ctx, job.resume, log)
+    if state.done:
+        log(f"{job.model}: already finished ({state.epoch} epochs); nothing to do")
+    loop_hooks = [hooks.Validation(), hooks.TrackBest(), hooks.EarlyStopping(job.cfg.patience),
+                  hooks.BestCheckpoint(), hooks.JsonlLog(ctx.log_path), hooks.LastCheckpoint(), hooks.Console(log)]
+    if job.wandb:
+        loop_hooks.append(hooks.WandB(job.model, ctx.meta))
+    if on_epoch_end is not None:
+        loop_hooks.append(hooks.EpochCallback(on_epoch_end))
+    baseline = hooks.all_background_miou(ctx.prepared, ctx.val_pos)
+    TrainLoop(ctx, state, loop_hooks, optim).run()
+    if not ctx.best_path.is_file():
+        raise PetsegError(f"{job.model}: no segmentation epoch finished, so there is no best checkpoint")
+    speeds = [r["images_per_s"] for r in state.history if "images_per_s" in r]
+    return TrainResult(job.model, ctx.best_path, ctx.last_path, state.best, baseline, state.epoch,
+                       float(np.median(speeds)) if speeds else float("nan"), state.history)
+
+
+def setup(job: TrainJob, progress: bool) -> TrainContext:
+    """Data, split, model, backbone and checkpoint metadata of a training job."""
+    cfg = job.cfg
+    cfg.validate()
+    spec = get_registry().get("model", job.model)
+    mcfg = spec.config(job.model_fields, job.model_options, job.profile)
+    runtime = Runtime.choose(cfg.device, cfg.precision)
+    torch.set_float32_matmul_precision("high")
+    prepared = prepare(job.data_root, "trainval", cfg.void, job.cache_dir, progress=progress)
+    if len(prepared) < 2:
+        raise PetsegError(f"trainval split at {job.data_root} has {len(prepared)} usable images; need at least 2")
+    train_pos, val_pos = validation_split(prepared.species, cfg.val_fraction, cfg.seed)
+    train_pos, val_pos = limit(train_pos, cfg.limit, cfg.seed), limit(val_pos, cfg.val_limit, cfg.seed)
+    backbone = attach_backbone(spec, mcfg)
+    model = build_model(spec, mcfg, runtime, cfg.seed)
+    if backbone is not None:
+        backbone.to(runtime.device)
+    meta = {
+        "model": job.model, "model_config": mcfg.to_dict(), "train_config": cfg.to_dict(),
+        "data_fingerprint": prepared.fingerprint, "n_train": int(len(train_pos)), "n_val": int(len(val_pos)),
+        "code_version": code_version(), "runtime": runtime.describe(),
+        "backbone": None if backbone is None else backbone.describe(),
+        "eval_click_rule": EVAL_CLICK_RULE if "point" in spec.inputs else None,
+    }
+    run_dir = Path(job.out_dir) / job.model
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=True, clicks="train", seed=cfg.seed)
+    return TrainContext(job.model, spec, mcfg, cfg, runtime, model, backbone, prepared, train_set, val_pos, meta,
+                        run_dir, _progress_bar if progress else (lambda it, desc: it))
+
+
+def _progress_bar(iterable: Iterable, desc: str) -> Iterable:
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit="batch", leave=False)
+
+
+def resume_state(ctx: TrainContext, resume: bool, log: Callable[[str], None]) -> tuple[TrainState, tuple | None]:
+    """A fresh state, or the state, weights, optimiser and RNG of last.pt (--resume)."""
+    if not resume:
+        return TrainState(), None
+    if not ctx.last_path.is_file():
+        log(f"{ctx.name}: --resume, but {ctx.last_path} does not exist; starting from scratch")
+        return TrainState(), None
+    saved = checkpoint.load(ctx.last_path, expect_model=ctx.name)
+    if not isinstance(saved.get("loop"), dict):
+        raise PetsegError(f"--resume: {ctx.last_path} has no training state (a best.pt copied over it?)")
+    saved_model = checkpoint.model_config(saved, ctx.spec, ctx.last_path).to_dict()
+    for what, old, now in (("model config", saved_model, ctx.meta["model_config"]),
+                           ("train config", saved.get("train_config") or {}, ctx.meta["train_config"])):
+        diff = _config_diff(old, now)
+        if diff:
+            raise PetsegError(f"--resume: {ctx.last_path} was trained with a different {what} ({'; '.join(diff[:3])})")
+    if saved.get("data_fingerprint") != ctx.meta["data_fingerprint"]:
+        raise PetsegError(f"--resume: {ctx.last_path} was trained on other data "
+                          f"(fingerprint {saved.get('data_fingerprint')} != {ctx.meta['data_fingerprint']})")
+    load_weights(ctx.spec, ctx.model, saved["state_dict"], ctx.last_path)
+    torch.set_rng_state(saved["rng"])
+    state = TrainState.from_dict(saved["loop"])
+    log(f"{ctx.name}: resuming after epoch {state.epoch}")
+    return state, (saved.get("optimizer"), saved.get("scheduler"))
+
+
+def _config_diff(saved: dict, now: dict) -> list[str]:
+    keys = sorted((set(saved) | set(now)) - RESUME_FREE)
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]

@@ -1,0 +1,54 @@
+"""The report of a sweep run: ``summary.json``, ``report.md``, ``index.html`` and PNGs.
+
+``write_report(run_dir)`` reads the run folder (through :mod:`petseg_bench.results`),
+builds the summary (:mod:`.summary`), draws one Dice-vs-level plot per perturbation
+(:mod:`.plots`) and one example strip per perturbation (:mod:`.strips`), assembles the
+sections (:mod:`.sections`) and renders them as Markdown (:mod:`.markdown`) and HTML
+(:mod:`.html`). ``petseg-bench check`` lives in :mod:`.check`.
+
+Nothing here knows a model: labels, backbones and the seed's published figures come from
+the run record and each model's spec (:mod:`.models`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import write_json_atomic, write_text_atomic
+from .html import render_html
+from .markdown import render_markdown
+from .models import describe_models
+from .plots import plot_curves
+from .sections import build_sections
+from .strips import example_strips
+from .summary import DEFAULT_REFERENCE, load_summary
+
+PLOTS_DIR = "plots"
+TITLE = "petseg-bench robustness report"
+
+__all__ = ["write_report"]
+
+
+def write_report(run_dir: Path, data_root: Path | None = None, cache_dir: Path | None = None,
+                 n_boot: int = 500, examples: bool = True, reference_model: str = DEFAULT_REFERENCE) -> list[Path]:
+    """Write ``summary.json``, ``report.md``, ``index.html`` and ``plots/*.png`` into
+    ``run_dir``; returns every written path (the three documents first).
+
+    ``reference_model`` normalises the corruption errors (CE, mCE); summary.json records it.
+    """
+    run_dir = Path(run_dir)
+    run, summary = load_summary(run_dir, n_boot=n_boot, reference_model=reference_model)
+    models = describe_models(run, [*summary["models"], reference_model])
+    labels = {m: view.label for m, view in models.items()}
+    plots_dir = run_dir / PLOTS_DIR
+    curve_paths = {p: plot_curves(summary, p, labels, plots_dir / f"dice-{p}.png") for p in summary["perturbations"]}
+    if examples:
+        strip_paths, strip_notes = example_strips(run, summary, plots_dir, data_root, cache_dir)
+    else:  # e.g. a report committed to a repository, which must hold no dataset pixels
+        strip_paths, strip_notes = {}, ["Example images left out (--no-examples): they show dataset images."]
+    sections = build_sections(run, summary, models, run_dir, curve_paths, strip_paths, strip_notes)
+    paths = [run_dir / "summary.json", run_dir / "report.md", run_dir / "index.html"]
+    write_json_atomic(paths[0], summary)
+    write_text_atomic(paths[1], render_markdown(TITLE, sections))
+    write_text_atomic(paths[2], render_html(TITLE, sections, run))
+    return paths + list(curve_paths.values()) + list(strip_paths.values())

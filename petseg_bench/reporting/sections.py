@@ -1,0 +1,92 @@
+"""The report's sections, in reading order, as :mod:`.document` blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .document import Callout, Figure, Gallery, Paragraph, Section
+from .fmt import DASH, level_ranges
+from .models import SEED_SOURCE, ModelView, label, robustness_notes
+from .summary import REDUCTION_DESCRIPTIONS
+from .tables import clean_table, per_class_table, provenance_tables, robustness_table, score_tables
+
+VOID_TEXT = {"nearest": "filled from the nearest valid pixel (the seed's choice)",
+             "ignore": "ignored (left out of every confusion matrix)"}
+
+
+def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView],
+                   run_dir: Path, curve_paths: Mapping[str, Path], strip_paths: Mapping[str, Path],
+                   strip_notes: Sequence[str]) -> list[Section]:
+    reduction = summary["scores"]["reduction"]
+    figures = [Figure(_rel(path, run_dir), f"{p}: mean Dice ({reduction} reduction) against level")
+               for p, path in curve_paths.items()]
+    strips: list[Any] = [Callout(note, "note") for note in strip_notes]
+    if strip_paths:
+        strips.append(Gallery([Figure(_rel(path, run_dir), p.replace("_", " ")) for p, path in strip_paths.items()],
+                              "strips"))
+    return [
+        Section("what-was-run", "What was run", [Paragraph(intro(run, summary, models)),
+                                                 *callouts(run, summary, models)]),
+        Section("clean", "Clean test metrics beside the seed's Table 1",
+                [clean_table(summary, models), per_class_table(summary, models)]),
+        Section("robustness", "Robustness: mean Dice per level",
+                [robustness_table(summary, models), Paragraph(seed_robustness(models, summary["models"]))]),
+        Section("scores", "Summary scores", score_tables(summary, models)),
+        Section("plots", "Dice against perturbation level", [Gallery(figures, "grid")]),
+        Section("examples", "Example image at every level", strips),
+        Section("provenance", "Provenance", provenance_tables(run, models)),
+    ]
+
+
+def intro(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> str:
+    names = summary["models"]
+    shown = ", ".join(m if label(models, m) == m else f"{label(models, m)} ({m})" for m in names)
+    perts, limit = summary["perturbations"], run.get("limit")
+    levels = run.get("levels") or sorted({lv for m in names for c in summary["curves"].get(m, {}).values()
+                                          for lv in c["levels"] if lv > 0})
+    return (
+        f"Models: {shown}. Test images: {summary['n_images']}"
+        + (f" (a seeded subset, --limit {limit})" if limit else "")
+        + f"; data fingerprint {run.get('data_fingerprint') or DASH}. "
+        f"Perturbations ({len(perts)}): {', '.join(perts) or 'none'}; levels 0 (clean, computed once per model) "
+        f"and {level_ranges(levels)}; perturbation seed {run.get('seed', DASH)}. "
+        f"Void (border) pixels were {VOID_TEXT.get(run.get('void'), str(run.get('void')))}. "
+        f"Two reductions are reported: dataset ({REDUCTION_DESCRIPTIONS['dataset']}) and seed "
+        f"({REDUCTION_DESCRIPTIONS['seed']}). Robustness figures use the {summary['scores']['reduction']} "
+        f"reduction, as the seed study's robustness plots did. Metrics are computed at the original mask resolution."
+    )
+
+
+def callouts(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> list[Callout]:
+    """What a reader must know before comparing any number with the seed's."""
+    out = []
+    random = [v.label for v in models.values() if v.random_init]
+    if random:
+        # The model label names the backbone, so the warning need not repeat it.
+        out.append(Callout(
+            f"Random-init backbone: not comparable with the seed's pretrained-backbone results. "
+            f"{', '.join(random)} ran with randomly initialised backbone weights; their numbers say nothing "
+            f"about what pretrained features would give.", "warning"))
+    for m, info in (run.get("model_info") or {}).items():
+        rule = (info or {}).get("eval_click_rule")
+        if rule:
+            out.append(Callout(f"{label(models, m)} takes a click as a prompt: its evaluation click is {rule}.",
+                               "note"))
+    where = run.get("runtime") or run.get("hardware") or "this machine"
+    out.append(Callout(
+        f"Numbers labelled \"{SEED_SOURCE}\" are copied from the seed study. This run used "
+        f"{summary['n_images']} test images on {where}; trained weights, data and hardware differ, so compare "
+        f"trends, not digits.", "note"))
+    return out
+
+
+def seed_robustness(models: Mapping[str, ModelView], names: Sequence[str]) -> str:
+    notes = robustness_notes(models[m] for m in names if m in models)
+    if not notes:
+        return f"The {SEED_SOURCE} published no robustness figures for the models of this run."
+    return f"For comparison, the {SEED_SOURCE}: {' '.join(notes)}"
+
+
+def _rel(path: Path, run_dir: Path) -> str:
+    return Path(path).relative_to(run_dir).as_posix()

@@ -29,33 +29,32 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 TARGET_GB = 4.0
 MODELS = ["unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet"]
 
+#: The frozen backbone of every model that has one: random weights, same memory as openai's.
+BACKBONE = "clip:ViT-B-32:none"
+
 LOAD_ONLY = """
 import sys
 from pathlib import Path
-from petseg_bench.training import load_model
+from petseg_bench.engine.predictor import load_predictor
 for m in sys.argv[2:]:
-    load_model(Path(sys.argv[1]) / m / "best.pt")
+    load_predictor(Path(sys.argv[1]) / m / "best.pt", expect_model=m)
 """
 
 
 def make_checkpoints(folder: Path) -> None:
-    import torch
-
-    from petseg_bench import checkpoint
+    """Every model at the paper profile (256 px, 64 base channels), untrained; the models
+    on a frozen backbone get ``BACKBONE``."""
+    from bench_checkpoints import save_untrained  # benchmarks/, beside this script
     from petseg_bench.plugins import get_registry
-    from petseg_bench.training import trainable_state
 
     reg = get_registry()
     for m in MODELS:
         spec = reg.get("model", m)
-        config = spec.config(in_size=256, base_channels=64, clip_model="ViT-B-32", clip_pretrained="none")
-        torch.manual_seed(0)
-        model = spec.build(config)
-        checkpoint.save(folder / m / "best.pt", {
-            "model": m, "model_config": config.to_dict(), "train_config": {"void": "nearest"},
-            "data_fingerprint": "benchmark", "code_version": "benchmark", "state_dict": trainable_state(model),
-            "clip": {"model": "ViT-B-32", "pretrained": "none"} if spec.uses_clip else None, "eval_click_rule": None})
-        del model
+        options = {spec.backbone_option: BACKBONE} if spec.backbone_option else {}
+        save_untrained(folder, m, "paper", options)
+    from petseg_bench.backbones import clear_cache
+
+    clear_cache()  # this process keeps no backbone: only the children are measured
 
 
 def child_peak_gb(cmd: list[str]) -> float:
@@ -73,20 +72,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--data-root", default=os.environ.get("PETSEG_DATA", "../shared/data/oxford-iiit-pet"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sweep_memory.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_checkpoints(tmp / "ckpt")
         # The smaller process first: RUSAGE_CHILDREN keeps the maximum over all children.
         base = child_peak_gb([sys.executable, "-c", LOAD_ONLY, str(tmp / "ckpt"), *MODELS])
-        peak = child_peak_gb([sys.executable, "-m", "petseg_bench.cli", "run", "--models", "all",
+        peak = child_peak_gb([sys.executable, "-m", "petseg_bench.cli", "run", "--models", ",".join(MODELS),
                               "--perturbations", "gaussian_noise,salt_and_pepper", "--levels", "9",
                               "--checkpoints", str(tmp / "ckpt"), "--out", str(tmp / "run"),
                               "--data-root", args.data_root, "--limit", str(args.images),
                               "--batch-size", str(args.batch_size), "--no-report"])
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "models": MODELS, "width": "256 px, 64 base channels, CLIP ViT-B-32 (random init)",
+        "models": MODELS, "width": f"256 px, 64 base channels, backbone {BACKBONE} (random init)",
         "images": args.images, "batch_size": args.batch_size,
         "baseline_load_only_peak_rss_gb": round(base, 3),
         "sweep_peak_rss_gb": round(peak, 3),
@@ -95,7 +95,8 @@ def main() -> None:
     }
     print(f"five models loaded: {base:.2f} GB peak RSS; five-model sweep (batch {args.batch_size}): "
           f"{peak:.2f} GB = {peak / base:.2f}x the load-only baseline, {peak / TARGET_GB:.0%} of the {TARGET_GB:g} GB target")
-    out = Path(__file__).parent / "results" / "sweep_memory.json"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {out}", file=sys.stderr)
 

@@ -4,7 +4,7 @@ On the same U-Net checkpoint and the same N test images, over the same cells, ti
   (a) a seed-style loop: per image and level, perturb, preprocess (Albumentations
       LongestMaxSize + PadIfNeeded + Normalize), single-image fp32 forward, resize the
       prediction back, metrics;
-  (b) the `run` engine (petseg_bench.sweep.run_sweep);
+  (b) the `run` engine (petseg_bench.engine.sweep.run_sweep);
   (c) pure batched forward of the same number of image-levels, no data work;
   (d) this machine's bf16 matmul rate (2048^3, all torch threads).
 and print image-levels/s of a, b, c, the ratios b/a and b/c, and b's achieved GFLOP/s
@@ -32,18 +32,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from petseg_bench import checkpoint  # noqa: E402
+from bench_checkpoints import save_untrained  # noqa: E402  (benchmarks/, beside this script)
 from petseg_bench.config import PROFILES  # noqa: E402
 from petseg_bench.data.cache import prepare  # noqa: E402
 from petseg_bench.data.split import limit as limit_positions  # noqa: E402
-from petseg_bench.inference import Predictor  # noqa: E402
+from petseg_bench.engine.predictor import Predictor, load_predictor  # noqa: E402
+from petseg_bench.engine.runtime import Runtime  # noqa: E402
+from petseg_bench.engine.sweep import SweepJob, SweepPlan, run_sweep  # noqa: E402
 from petseg_bench.metrics import confusion_matrix  # noqa: E402
-from petseg_bench.optimize import fold_batchnorm  # noqa: E402
+from petseg_bench.perturbation import image_rng  # noqa: E402
 from petseg_bench.plugins import get_registry  # noqa: E402
 from petseg_bench.provenance import hardware  # noqa: E402
-from petseg_bench.runtime import Runtime  # noqa: E402
-from petseg_bench.sweep import SweepPlan, image_rng, run_sweep  # noqa: E402
-from petseg_bench.training import load_model, trainable_state  # noqa: E402
 
 PERTURBATIONS = ["gaussian_noise", "gaussian_blur", "salt_and_pepper", "occlusion"]
 
@@ -67,19 +66,6 @@ def model_flops(model: torch.nn.Module, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def make_checkpoint(folder: Path, profile: str) -> Path:
-    """A U-Net at the profile's width; throughput does not depend on the weights."""
-    spec = get_registry().get("model", "unet")
-    config = spec.config(**{k: v for k, v in PROFILES[profile].model.items() if not k.startswith("clip")})
-    torch.manual_seed(0)
-    model = spec.build(config)
-    path = folder / "unet" / "best.pt"
-    checkpoint.save(path, {"model": "unet", "model_config": config.to_dict(), "train_config": {"void": "nearest"},
-                           "data_fingerprint": "benchmark", "code_version": "benchmark",
-                           "state_dict": trainable_state(model), "clip": None, "eval_click_rule": None})
-    return path
-
-
 def seed_style(model, config, images, labels, ids, levels, seed, useful: int) -> float:
     """(a): the seed's robustness loop, one image at a time in fp32. Like the seed's
     robustness_test.py it runs levels 0..L for every perturbation (level 0 again each
@@ -92,17 +78,18 @@ def seed_style(model, config, images, labels, ids, levels, seed, useful: int) ->
                      A.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), ToTensorV2()])
     reg = get_registry()
     model = model.float().to(memory_format=torch.contiguous_format).eval()
+    device = next(model.parameters()).device
     cells = [(p, lv) for p in PERTURBATIONS for lv in [0] + levels]
     t0 = time.perf_counter()
     with torch.no_grad():
         for pert, level in cells:
-            spec = reg.perturbations.get(pert)
+            spec = reg.get("perturbation", pert)
             for img, lab, i in zip(images, labels, ids):
                 if level > 0:
                     img = spec.apply([img], spec.levels[level], [image_rng(seed, pert, level, i)])[0]
-                x = pre(image=img)["image"].unsqueeze(0)
+                x = pre(image=img)["image"].unsqueeze(0).to(device)
                 pred = model(image=x).argmax(1, keepdim=True).float()
-                pred = F.interpolate(pred, size=lab.shape, mode="nearest")[0, 0].to(torch.uint8).numpy()
+                pred = F.interpolate(pred, size=lab.shape, mode="nearest")[0, 0].to(torch.uint8).cpu().numpy()
                 confusion_matrix(pred, lab)
     return useful / (time.perf_counter() - t0)
 
@@ -129,14 +116,17 @@ def main() -> None:
     ap.add_argument("--data-root", default=os.environ.get("PETSEG_DATA", "../shared/data/oxford-iiit-pet"))
     ap.add_argument("--skip-seed-style", action="store_true", help="Only (b), (c), (d).")
     ap.add_argument("--compile", action="store_true", help="Engine and pure forward with torch.compile.")
+    ap.add_argument("--out", default=None, help="JSON result (default: results/sweep_throughput_<profile>[_compiled].json).")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     seed = 0
     runtime = Runtime.choose()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = make_checkpoint(tmp / "ckpt", args.profile)
-        spec, config, model, _ = load_model(ckpt, runtime)
+        # A U-Net at the profile's width; throughput does not depend on the weights.
+        ckpt = save_untrained(tmp / "ckpt", "unet", args.profile, seed=seed)
+        pure = load_predictor(ckpt, runtime, expect_model="unet")  # BatchNorm folded: the model the engine runs
+        spec, config = pure.spec, pure.config
         test = prepare(Path(args.data_root), "test", "nearest")
         positions = limit_positions(np.arange(len(test)), args.images, seed)
         ids = [test.names[int(p)] for p in positions]
@@ -145,21 +135,21 @@ def main() -> None:
         cells = [("clean", 0)] + [(p, lv) for p in PERTURBATIONS for lv in levels]
         n_image_levels = len(cells) * len(ids)
 
-        flops = model_flops(spec.build(config).eval(), config.in_size)
+        flops = model_flops(spec.build(config).eval(), config.in_size)  # FLOPs do not depend on weights or BN folding
         d = matmul_gflops()
         t0 = time.perf_counter()
-        record = run_sweep(SweepPlan(["unet"], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
-                                     limit=args.images, compile=args.compile), tmp / "ckpt", tmp / "run",
-                           Path(args.data_root), log=lambda m: None)
+        plan = SweepPlan(["unet"], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
+                         limit=args.images, compile=args.compile)
+        record = run_sweep(SweepJob(plan, tmp / "ckpt", tmp / "run", Path(args.data_root)), log=lambda m: None)
         b_total = n_image_levels / (time.perf_counter() - t0)
         b = record["image_levels_per_s"]
-        fold_batchnorm(model)  # the same model the engine runs
-        pure = Predictor(model, spec, config, runtime)
         if args.compile:
             pure.compile(args.batch_size)
         c = pure_forward(pure, n_image_levels, args.batch_size)
-        a = None if args.skip_seed_style else seed_style(load_model(ckpt, Runtime.choose(precision="fp32"))[2],
-                                                         config, images, labels, ids, levels, seed, n_image_levels)
+        # The seed ran the model as trained: fp32, BatchNorm not folded.
+        a = None if args.skip_seed_style else seed_style(
+            load_predictor(ckpt, Runtime.choose(precision="fp32"), expect_model="unet", fold_bn=False).model,
+            config, images, labels, ids, levels, seed, n_image_levels)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": hardware(),
@@ -194,7 +184,7 @@ def main() -> None:
     print(f"c/b = {c / b:.2f} (engine time over pure compute)   b achieves {b * flops / 1e9:.1f} GFLOP/s "
           f"= {b * flops / 1e9 / d:.0%} of d")
     suffix = "_compiled" if args.compile else ""
-    out = Path(__file__).parent / "results" / f"sweep_throughput_{args.profile}{suffix}.json"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"sweep_throughput_{args.profile}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {out}", file=sys.stderr)

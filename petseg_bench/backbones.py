@@ -1,7 +1,7 @@
 """Frozen backbones: the contract a backbone plugin fulfils, and the process-wide cache.
 
-A backbone is chosen by a key ``<family>:<argument>`` (``clip:ViT-B-32:openai``,
-``efficientnet:lite0``): the family names a :class:`~petseg_bench.specs.BackboneSpec`
+A backbone is chosen by a key ``<family>:<argument>`` (``efficientnet:lite0``,
+``efficientnet:lite0:none``): the family names a :class:`~petseg_bench.specs.BackboneSpec`
 registered through the ``petseg_bench_backbones`` hook, whose ``build(argument)``
 returns a :class:`Backbone`. The backbone declares, as data, what it needs
 (:class:`Preprocess`: mean, std, input size, interpolation) and what it gives
@@ -64,7 +64,7 @@ class Backbone(nn.Module):
     """Base class of frozen feature extractors.
 
     Subclasses set ``key`` (the full key), ``label`` (what reports call it, e.g.
-    "CLIP ViT-B-32, openai weights"), ``preprocess``, ``embed_dim``, ``feature_channels``
+    "EfficientNet-Lite0 (ImageNet)"), ``preprocess``, ``embed_dim``, ``feature_channels``
     and ``random_init`` (True when the weights are random: reports warn), and implement
     :meth:`extract`. Parameters are frozen and the module stays in eval mode.
     """
@@ -113,7 +113,7 @@ def split_key(key: str) -> tuple[str, str]:
     """``family:argument`` -> (family, argument); one clear line when malformed."""
     family, sep, arg = str(key).partition(":")
     if not sep or not family:
-        raise PetsegError(f"backbone key {key!r} must look like <family>:<argument>, e.g. clip:ViT-B-32:openai")
+        raise PetsegError(f"backbone key {key!r} must look like <family>:<argument>, e.g. efficientnet:lite0")
     return family, arg
 
 

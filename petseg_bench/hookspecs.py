@@ -42,7 +42,7 @@ def petseg_bench_backbones():
 
     Each spec names a backbone family and gives ``build(argument) ->
     petseg_bench.backbones.Backbone``; users pick one by key ``<family>:<argument>``
-    (``clip:ViT-B-32:openai``) in a model's backbone option. The backbone declares its
+    (``efficientnet:lite0``) in a model's backbone option. The backbone declares its
     preprocessing (mean, std, input size, interpolation) and its outputs (a pooled
     embedding of dimension D, optionally feature maps) as data; the harness builds it once
     per process and computes its features once per batch for every model sharing it.

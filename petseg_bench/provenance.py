@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import platform
+import re
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 
 from . import __version__
 
-PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "albumentations", "opencv-python-headless", "pluggy")
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,8 +31,14 @@ def code_version() -> str:
 
 
 def package_versions() -> dict[str, str]:
+    """Python and every installed package that petseg-bench requires (its own metadata)."""
     out = {"python": platform.python_version()}
-    for name in PACKAGES:
+    try:
+        wanted = [r for r in requires("petseg-bench") or [] if "extra ==" not in r]
+    except PackageNotFoundError:
+        wanted = []
+    for req in wanted:
+        name = re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0]
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -100,8 +100,9 @@ class ModelOption:
     flag: str | None = None
 
     def parse(self, text: Any) -> Any:
-        """``text`` (a string from the command line, or a value) as this option's type."""
-        kind = type(self.default)
+        """``text`` (a string from the command line, or a value) as this option's type
+        (a None default takes strings)."""
+        kind = str if self.default is None else type(self.default)
         if isinstance(text, str) and kind is not str:
             low = text.strip().lower()
             try:
@@ -112,13 +113,11 @@ class ModelOption:
                 else:
                     value = kind(text)
             except ValueError:
-                raise _error(f"model option {self.name}: {text!r} is not a {kind.__name__}") from None
+                raise _error(f"model option {self.name}: {text!r} is not a {kind.__name__} value") from None
         else:
-            value = text
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if self.default is not None and not isinstance(value, kind):
-                raise _error(f"model option {self.name}: expected a {kind.__name__}, got {value!r}")
+            value = float(text) if kind is float and type(text) is int else text
+            if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
+                raise _error(f"model option {self.name}: expected a {kind.__name__} value, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise _error(f"model option {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
         return value
@@ -173,7 +172,7 @@ class ModelSpec:
     own settings; ``prepare_options(options) -> options`` may normalise and cross-check
     them (raise ValueError with one line). ``profiles`` overrides options per training
     profile (``{"quick": {...}}``). ``backbone_option`` names the option holding the
-    key of a frozen backbone (``clip:ViT-B-32:openai``) whose features the harness
+    key of a frozen backbone (``efficientnet:lite0``) whose features the harness
     computes and passes as ``backbone``. ``frozen`` lists state-dict prefixes that are
     rebuilt from their source and left out of checkpoints. ``upgrade(options)`` maps
     options read from an older checkpoint format.

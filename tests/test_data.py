@@ -302,26 +302,26 @@ def test_letterbox_invert_exact_when_longer_side_is_size():
     lb = Letterbox.fit(20, 30, 30)
     boxed = lb.apply(label, label=True)
     assert boxed.shape == (30, 30)
-    assert np.array_equal(lb.invert_label(boxed), label)
+    assert np.array_equal(lb.invert(boxed, label=True), label)
 
 
 def test_letterbox_invert_exact_for_integer_upscale():
     small = np.random.default_rng(1).integers(0, 3, (10, 15)).astype(np.uint8)
     up = small.repeat(2, 0).repeat(2, 1)  # nearest 2x upsample, 20x30
     lb = Letterbox.fit(20, 30, 30)
-    assert np.array_equal(lb.invert_label(lb.apply(up, label=True)), up)
+    assert np.array_equal(lb.invert(lb.apply(up, label=True), label=True), up)
     # and letterboxing the small label straight to 30 (an exact 2x) also inverts exactly
     lb2 = Letterbox.fit(10, 15, 30)
     boxed = lb2.apply(small, label=True)
     assert np.array_equal(lb2.crop(boxed), up)
-    assert np.array_equal(lb2.invert_label(boxed), small)
+    assert np.array_equal(lb2.invert(boxed, label=True), small)
 
 
 def test_letterbox_invert_shrink_returns_original_shape():
     label = np.zeros((60, 100), np.uint8)
     label[10:50, 20:70] = 1
     lb = Letterbox.fit(60, 100, 32)
-    back = lb.invert_label(lb.apply(label, label=True))
+    back = lb.invert(lb.apply(label, label=True), label=True)
     assert back.shape == label.shape
     assert (back == label).mean() > 0.9
 

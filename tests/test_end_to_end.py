@@ -13,6 +13,8 @@ from conftest import REAL_DATA
 from petseg_bench.cli import main
 
 MODELS = ["unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet"]
+SEED_PERTURBATIONS = ("gaussian_noise,gaussian_blur,contrast_increase,contrast_decrease,brightness_increase,"
+                      "brightness_decrease,occlusion,salt_and_pepper")
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,7 +34,7 @@ def test_train_sweep_report_check(tmp_path):
         assert res.exit_code == 0, res.output
         assert (ckpts / model / "best.pt").is_file()
 
-    res = runner.invoke(main, ["run", "--models", "all", "--perturbations", "all", "--levels", "1,9",
+    res = runner.invoke(main, ["run", "--models", "all", "--perturbations", SEED_PERTURBATIONS, "--levels", "1,9",
                                "--checkpoints", str(ckpts), "--out", str(run_dir), "--limit", "6", *data])
     assert res.exit_code == 0, res.output
     record = json.loads((run_dir / "run.json").read_text())

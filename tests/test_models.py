@@ -477,10 +477,10 @@ def test_option_parse_types():
     (ModelOption("freeze", False), "maybe", "model option freeze: 'maybe' is not a bool"),
     (ModelOption("latent_dim", 1024), "2.5", "model option latent_dim: '2.5' is not a int"),
     (ModelOption("latent_dim", 1024), "many", "is not a int"),
-    (ModelOption("latent_dim", 1024), 2.5, "latent_dim: expected a int, got 2.5"),
+    (ModelOption("latent_dim", 1024), 2.5, "latent_dim: expected a int value, got 2.5"),
     (ModelOption("sigma", 10.0), "wide", "model option sigma: 'wide' is not a float"),
     (ModelOption("sigma", 10.0), True, "expected a float"),
-    (ModelOption("name", "x"), 3, "expected a str, got 3"),
+    (ModelOption("name", "x"), 3, "expected a str value, got 3"),
     (ModelOption("upsample", "bilinear", choices=("bilinear", "transposed")), "nearest",
      "upsample must be one of bilinear, transposed, got 'nearest'"),
 ])

@@ -1,7 +1,7 @@
 """Letterbox: scale the longer side to ``size`` keeping aspect, zero-pad to a square.
 
 The geometry is kept so that predictions go back exactly to the original mask
-resolution: :meth:`Letterbox.crop` removes the padding, then a resize to the original
+resolution: :meth:`Letterbox.invert` removes the padding, then resizes to the original
 size. Padding is split evenly (as Albumentations' PadIfNeeded does), label pad is 0
 (background).
 """
@@ -45,13 +45,17 @@ class Letterbox:
         out[self.top:self.top + self.new_h, self.left:self.left + self.new_w] = scaled
         return out
 
-    def crop(self, arr):
-        """The content region of a letterboxed array (numpy or torch, ``[..., H, W]``)."""
-        return arr[..., self.top:self.top + self.new_h, self.left:self.left + self.new_w]
+    def crop(self, arr: np.ndarray) -> np.ndarray:
+        """The content region of a letterboxed ``HxW`` or ``HxWxC`` array."""
+        return arr[self.top:self.top + self.new_h, self.left:self.left + self.new_w]
 
-    def invert_label(self, label: np.ndarray) -> np.ndarray:
-        """A ``size x size`` label map back to the original ``height x width`` (nearest)."""
-        content = self.crop(label)
-        if content.shape == (self.height, self.width):
-            return np.ascontiguousarray(content)
-        return cv2.resize(np.ascontiguousarray(content), (self.width, self.height), interpolation=cv2.INTER_NEAREST)
+    def invert(self, arr: np.ndarray, *, label: bool = False) -> np.ndarray:
+        """A ``size x size`` array (HxW label map, nearest; or HxWxC scores, bilinear) back
+        to the original ``height x width``: the exact inverse of :meth:`apply` when no
+        resize was needed, half-pixel-centred resampling otherwise."""
+        content = np.ascontiguousarray(self.crop(arr))
+        if content.shape[:2] == (self.height, self.width):
+            return content
+        interp = cv2.INTER_NEAREST if label else cv2.INTER_LINEAR
+        out = cv2.resize(content, (self.width, self.height), interpolation=interp)
+        return out[..., None] if content.ndim == 3 and out.ndim == 2 else out  # OpenCV drops a single channel

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -170,21 +169,12 @@ def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np
 
 
 def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray]:
-    """Un-pad each image's logits, resize them (bilinear) to its original size, argmax.
-
-    OpenCV's resize on HWC float32 and a per-class running maximum are several times
-    faster here than torch's interpolate and argmax on the CPU, with the same result
-    (half-pixel centres, first class wins ties).
-    """
-    out = []
-    for lg, lb in zip(logits.float().cpu().numpy(), boxes):
-        content = np.ascontiguousarray(lb.crop(lg).transpose(1, 2, 0))  # [h, w, C]
-        if content.shape[:2] != (lb.height, lb.width):
-            content = cv2.resize(content, (lb.width, lb.height), interpolation=cv2.INTER_LINEAR)
-            if content.ndim == 2:  # OpenCV drops a single channel axis
-                content = content[..., None]
-        out.append(argmax_last(content))
-    return out
+    """Each image's logits back to its original size (bilinear, :meth:`Letterbox.invert`),
+    then the argmax. OpenCV's resize on HWC float32 and a per-class running maximum are
+    several times faster here than torch's interpolate and argmax on the CPU, with the
+    same result (half-pixel centres, first class wins ties)."""
+    scores = logits.float().cpu().permute(0, 2, 3, 1).numpy()  # [B, S, S, C]
+    return [argmax_last(lb.invert(s)) for s, lb in zip(scores, boxes)]
 
 
 def argmax_last(x: np.ndarray) -> np.ndarray:

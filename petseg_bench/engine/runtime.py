@@ -51,10 +51,6 @@ class Runtime:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @property
-    def channels_last(self) -> bool:
-        return True  # faster convolutions on both oneDNN (CPU) and cuDNN
-
     def describe(self) -> str:
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)

@@ -1,7 +1,7 @@
 """The robustness sweep engine: every model x perturbation x level, resumable.
 
 Work is grouped by (perturbation, level): each batch of test images is perturbed once,
-letterboxed once per input size, passed through a shared CLIP backbone once, and then
+letterboxed once per input size, passed through each shared frozen backbone once, and then
 fed to every model that still needs that cell. The next batch's perturbation and
 letterbox run in a background thread while the models compute. Finished cells are
 written atomically; ``--resume`` skips them and recomputes anything unreadable.

@@ -4,11 +4,12 @@ Every built-in model is built at the paper setting (256 px, 64 base channels, CL
 ViT-B-32 with random weights: throughput and memory do not depend on the values) and
 saved as a checkpoint; then `petseg-bench run` sweeps them in a child process whose peak
 RSS is read from the OS. The baseline, measured the same way in the same run, is a
-child that only loads the five models. Memory is set by the models plus one batch in
+child that only loads the five models. The checkpoints are built in a child too: Linux
+carries a parent's peak RSS into a child's (at exec), so this process never imports torch. Memory is set by the models plus one batch in
 flight, since finished cells go straight to disk; a few cells at the default batch size
 reach the peak of a full sweep.
 
-    python benchmarks/sweep_memory.py [--images 32] [--batch-size 32]
+    python benchmarks/sweep_memory.py [--images 32] [--batch-size 32] [--out FILE]
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +32,14 @@ MODELS = ["unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet"]
 #: The frozen backbone of every model that has one: random weights, same memory as openai's.
 BACKBONE = "clip:ViT-B-32:none"
 
+MAKE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from sweep_memory import make_checkpoints
+make_checkpoints(Path(sys.argv[1]))
+"""
+
 LOAD_ONLY = """
 import sys
 from pathlib import Path
@@ -43,7 +51,7 @@ for m in sys.argv[2:]:
 
 def make_checkpoints(folder: Path) -> None:
     """Every model at the paper profile (256 px, 64 base channels), untrained; the models
-    on a frozen backbone get ``BACKBONE``."""
+    on a frozen backbone get ``BACKBONE``. Run in a child (``MAKE``), never in main's process."""
     from bench_checkpoints import save_untrained  # benchmarks/, beside this script
     from petseg_bench.plugins import get_registry
 
@@ -52,19 +60,17 @@ def make_checkpoints(folder: Path) -> None:
         spec = reg.get("model", m)
         options = {spec.backbone_option: BACKBONE} if spec.backbone_option else {}
         save_untrained(folder, m, "paper", options)
-    from petseg_bench.backbones import clear_cache
-
-    clear_cache()  # this process keeps no backbone: only the children are measured
 
 
 def child_peak_gb(cmd: list[str]) -> float:
-    """Peak RSS of one child process, in GB (ru_maxrss is in KiB on Linux)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if after <= before:
-        raise RuntimeError("this child's peak did not exceed an earlier child's; run the measurements in order")
-    return after * 1024 / 1e9
+    """Peak RSS of one child process, in GB: its own rusage from wait4 (ru_maxrss is in
+    KiB on Linux), so children may run in any order."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return usage.ru_maxrss * 1024 / 1e9
 
 
 def main() -> None:
@@ -76,8 +82,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_checkpoints(tmp / "ckpt")
-        # The smaller process first: RUSAGE_CHILDREN keeps the maximum over all children.
+        subprocess.run([sys.executable, "-c", MAKE, str(tmp / "ckpt"), str(Path(__file__).resolve().parent)],
+                       check=True)
         base = child_peak_gb([sys.executable, "-c", LOAD_ONLY, str(tmp / "ckpt"), *MODELS])
         peak = child_peak_gb([sys.executable, "-m", "petseg_bench.cli", "run", "--models", ",".join(MODELS),
                               "--perturbations", "gaussian_noise,salt_and_pepper", "--levels", "9",

@@ -6,7 +6,8 @@ On the same U-Net checkpoint and the same N test images, over the same cells, ti
       prediction back, metrics;
   (b) the `run` engine (petseg_bench.engine.sweep.run_sweep);
   (c) pure batched forward of the same number of image-levels, no data work;
-  (d) this machine's bf16 matmul rate (2048^3, all torch threads).
+  (d) this machine's matmul rate (2048^3, all torch threads) in the engine's precision
+      (bf16 where the CPU has native bf16, else fp32: emulated bf16 would take minutes).
 and print image-levels/s of a, b, c, the ratios b/a and b/c, and b's achieved GFLOP/s
 as a fraction of d. Every figure comes from this one run.
 
@@ -47,14 +48,22 @@ from petseg_bench.provenance import hardware  # noqa: E402
 PERTURBATIONS = ["gaussian_noise", "gaussian_blur", "salt_and_pepper", "occlusion"]
 
 
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_gflops(runtime: Runtime, n: int = 2048, reps: int = 10) -> float:
+    """(d): n^3 matmuls in the runtime's precision on its device."""
+    dtype = DTYPES[runtime.precision]
+    a = torch.randn(n, n, dtype=dtype, device=runtime.device)
+    b = torch.randn(n, n, dtype=dtype, device=runtime.device)
+    sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
     for _ in range(2):
         a @ b
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -95,7 +104,7 @@ def seed_style(model, config, images, labels, ids, levels, seed, useful: int) ->
 
 
 def pure_forward(predictor: Predictor, n: int, batch: int) -> float:
-    """(c): the engine's batched bf16 forward with no data work at all."""
+    """(c): the engine's batched forward (its precision, channels_last) with no data work at all."""
     size = predictor.config.in_size
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     predictor.logits(x)  # warm-up
@@ -136,7 +145,7 @@ def main() -> None:
         n_image_levels = len(cells) * len(ids)
 
         flops = model_flops(spec.build(config).eval(), config.in_size)  # FLOPs do not depend on weights or BN folding
-        d = matmul_gflops()
+        d = matmul_gflops(runtime)
         t0 = time.perf_counter()
         plan = SweepPlan(["unet"], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
                          limit=args.images, compile=args.compile)
@@ -166,7 +175,7 @@ def main() -> None:
         "b_engine_image_levels_per_s": round(b, 3),
         "b_engine_including_setup_image_levels_per_s": round(b_total, 3),
         "c_pure_forward_image_levels_per_s": round(c, 3),
-        "d_bf16_matmul_gflops": round(d, 1),
+        f"d_{runtime.precision}_matmul_gflops": round(d, 1),
         "speedup_engine_over_seed_style": None if a is None else round(b / a, 3),
         "time_ratio_engine_over_pure_forward": round(c / b, 3),
         "engine_gflops": round(b * flops / 1e9, 1),
@@ -178,7 +187,7 @@ def main() -> None:
         print(f"(a) seed-style loop      {a:9.2f} image-levels/s")
     print(f"(b) run engine           {b:9.2f} image-levels/s  ({b_total:.2f} with setup)")
     print(f"(c) pure batched forward {c:9.2f} image-levels/s")
-    print(f"(d) bf16 matmul          {d:9.1f} GFLOP/s")
+    print(f"(d) {runtime.precision} matmul          {d:9.1f} GFLOP/s")
     if a is not None:
         print(f"b/a = {b / a:.2f}x   ", end="")
     print(f"c/b = {c / b:.2f} (engine time over pure compute)   b achieves {b * flops / 1e9:.1f} GFLOP/s "

@@ -38,25 +38,38 @@ def gaussian_noise(images: Sequence, value: float, rngs: Sequence) -> list:
     return out
 
 
+def _seed_round_trip_lut():
+    """What the seed's ``(random_noise(img) * 255).astype(uint8)`` makes of an untouched
+    uint8 value: skimage's ``img_as_float`` (``v * (1 / 255)`` in float64), back times
+    255, truncated. 24 of the 256 values (33, 37, ..., 244) come back one lower."""
+    import numpy as np
+
+    v = np.multiply(np.arange(256, dtype=np.uint8), 1.0 / 255, dtype=np.float64)
+    return (v * 255).astype(np.uint8)
+
+
 def salt_and_pepper(images: Sequence, value: float, rngs: Sequence) -> list:
     """Replace each value (each channel of each pixel) with probability ``amount``;
     a replaced value becomes 255 (salt) or 0 (pepper) with probability 0.5 each.
 
-    This mirrors ``skimage.util.random_noise(mode='s&p', salt_vs_pepper=0.5)`` draw
-    for draw (two ``rng.random`` arrays of the image's shape, ``<=`` comparisons), so
-    for the same generator it gives the same pixels, without skimage's float64
-    round trip.
+    Bit-identical to the seed's ``(random_noise(img, mode='s&p', amount=a) * 255)
+    .astype(np.uint8)`` for the same generator: the draws mirror skimage's (two
+    ``rng.random`` arrays of the image's shape, ``<=`` comparisons, none drawn for an
+    amount of exactly 1), and untouched values go through the seed's float round trip
+    and truncation (a lookup table), as gaussian_noise keeps its truncation. Level 0
+    returns the image unchanged, as the seed does (it skips the call at amount 0).
     """
     import numpy as np
 
     amount = float(value)
     if amount == 0:
         return [np.array(img, copy=True) for img in images]
+    lut = _seed_round_trip_lut()
     out = []
     for img, rng in zip(images, rngs, strict=True):
-        flipped = np.ones(img.shape, bool) if amount >= 1 else rng.random(img.shape) <= amount
+        flipped = np.ones(img.shape, bool) if amount == 1 else rng.random(img.shape) <= amount
         salted = rng.random(img.shape) <= 0.5
-        noisy = np.array(img, copy=True)
+        noisy = lut[img]
         noisy[flipped & salted] = 255
         noisy[flipped & ~salted] = 0
         out.append(noisy)
@@ -78,6 +91,7 @@ def petseg_bench_perturbations():
             param="amount",
             levels=SALT_AND_PEPPER_AMOUNTS,
             apply=salt_and_pepper,
-            description="each value set to 0 or 255 (equally likely) with probability amount",
+            description="each value set to 0 or 255 (equally likely) with probability amount; "
+                        "untouched values truncated through the seed's float round trip (24 grey levels one lower)",
         ),
     ]

@@ -6,10 +6,13 @@ line on stderr and a non-zero exit, never as a traceback.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -20,13 +23,47 @@ VOID_CHOICE = click.Choice(["nearest", "ignore"])
 
 
 class Group(click.Group):
-    """Turns PetsegError anywhere below into click's one-line ``Error: ...``."""
+    """Turns PetsegError (and a file error that escaped one) anywhere below into click's
+    one-line ``Error: ...``, and Ctrl-C into one line saying how to resume (exit 130)."""
+
+    argv: list[str] = []
+
+    def main(self, args=None, *rest, **kwargs):
+        self.argv = list(args) if args is not None else sys.argv[1:]
+        return super().main(args, *rest, **kwargs)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except PetsegError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a write that no PetsegError names: still one line
+            raise click.ClickException(file_error_line(exc)) from None
+        except KeyboardInterrupt:
+            click.echo(interrupted_line(getattr(ctx.find_root().command, "argv", [])), err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+def file_error_line(exc: OSError) -> str:
+    from .errors import os_error_text
+
+    verb = "write" if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) else "access"
+    return f"could not {verb} {exc.filename}: {os_error_text(exc)}" if exc.filename else f"file error: {os_error_text(exc)}"
+
+
+#: Commands that can pick up where an interrupted call stopped, with --resume.
+RESUMABLE = ("train", "run")
+
+
+def interrupted_line(argv: list[str]) -> str:
+    """Ctrl-C: what was kept, and the exact command that continues."""
+    command = next((a for a in argv if not a.startswith("-")), "")
+    if command not in RESUMABLE:
+        return "interrupted"
+    again = ["petseg-bench", *[a for a in argv if a != "--overwrite"]]
+    if "--resume" not in again:
+        again.append("--resume")
+    return f"interrupted; finished work is kept: continue with `{shlex.join(again)}`"
 
 
 def resolve_data_root(data_root: str | None) -> Path:
@@ -58,6 +95,12 @@ void_option = click.option("--void", type=VOID_CHOICE, default="nearest", show_d
 @click.version_option(package_name="petseg-bench")
 def main() -> None:
     """Train, evaluate and stress-test pet segmentation models (background / cat / dog)."""
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """Warnings (e.g. a class absent from every image) as one ``warning:`` line on stderr."""
+    click.echo(f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}", err=True)
 
 
 @main.command("list")
@@ -176,6 +219,7 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
               help="Checkpoints go to OUT/<model>/{best,last}.pt with metrics.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/<model>/last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous run of MODEL in OUT (its best.pt, last.pt, metrics.jsonl).")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
@@ -215,7 +259,7 @@ def train(ctx, model, **opts):
     train_over["class_weights"] = _floats(train_over["class_weights"], "--class-weights", 3)
     cfg, fields = resolve(opts["profile"], train_over, {k: opts[k] for k in MODEL_FIELDS})
     job = TrainJob(model, cfg, resolve_data_root(opts["data_root"]), Path(opts["out_dir"]), fields, model_options,
-                   opts["profile"], opts["resume"], _path(opts["cache_dir"]), opts["wandb"])
+                   opts["profile"], opts["resume"], _path(opts["cache_dir"]), opts["wandb"], opts["overwrite"])
     result = run_training(job, log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
     click.echo(f"{model}: best validation mIoU {result.best_val_miou:.4f} (all-background baseline "
                f"{result.baseline_val_miou:.4f}) after {result.epochs_run} epochs, {result.images_per_s:.1f} train img/s")
@@ -267,17 +311,19 @@ def _path(value: str | None) -> Path | None:
               help="Bootstrap replicates for 95% CIs (0: none).")
 @click.option("--precision", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", "out_file", type=click.Path(), default=None,
               help="JSON output (default: CHECKPOINT with .test.json).")
 def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
     """Test-split metrics of a checkpoint at the original mask resolution, both reductions."""
-    from .atomic import write_json_atomic
+    from .atomic import check_writable, write_json_atomic
     from .engine.evaluation import EvalJob, evaluate_checkpoint, format_summary
 
     job = EvalJob(Path(checkpoint_path), resolve_data_root(data_root), _path(cache_dir), opts["limit"],
                   opts["batch_size"], opts["bootstrap"], opts["precision"], opts["device"])
-    result = evaluate_checkpoint(job)
+    job.validate()
     out = Path(out_file) if out_file else Path(checkpoint_path).with_suffix(".test.json")
+    check_writable(out)  # before the work, not after it
+    result = evaluate_checkpoint(job, log=lambda m: click.echo(m, err=True))
     write_json_atomic(out, result)
     click.echo(format_summary(result))
     click.echo(f"written: {out}")
@@ -305,7 +351,8 @@ def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
 def run(**opts):
     """Sweep models x perturbations x levels on the test split and write the report."""
-    from .engine.sweep import SweepJob, SweepPlan, parse_levels, run_sweep
+    from .engine.lock import folder_lock
+    from .engine.sweep import RUN_FOLDERS, SweepJob, SweepPlan, parse_levels, run_sweep
     from .plugins import get_registry
 
     reg = get_registry()
@@ -313,27 +360,30 @@ def run(**opts):
     model_names = reg.select("model", opts["models"])
     pert_names = reg.select("perturbation", opts["perturbations"])
     n_levels = max(len(reg.get("perturbation", p).levels) for p in pert_names)
-    if opts["limit"] is not None and opts["limit"] < 1:
-        raise PetsegError(f"--limit must be >= 1, got {opts['limit']}")
     root, cache, ckpt_dir = resolve_data_root(opts["data_root"]), _path(opts["cache_dir"]), Path(opts["checkpoints_dir"])
     plan = SweepPlan(model_names, pert_names, parse_levels(opts["levels"], n_levels), seed=opts["seed"],
                      batch_size=opts["batch_size"], limit=opts["limit"], void=opts["void"],
                      compile=opts["compile_models"], extra={"data_root": str(root)})  # the report's example strips
-    if opts["train_missing"]:
-        train_missing(model_names, ckpt_dir, root, cache, opts["void"])
-    job = SweepJob(plan, ckpt_dir, Path(opts["out_dir"]), root, opts["resume"], cache, opts["precision"], opts["device"])
-    record = run_sweep(job, progress=sys.stderr.isatty(), log=lambda msg: click.echo(msg, err=True))
-    click.echo(f"sweep: {len(model_names)} models x {len(pert_names)} perturbations x {len(plan.levels)} levels "
-               f"on {len(record['image_ids'])} test images; {record['cells_computed']} cells computed "
-               f"({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {opts['out_dir']}")
-    if opts["report"]:
-        from .reporting import write_report
+    plan.validate()  # before anything is trained or written
+    out = Path(opts["out_dir"])
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    with folder_lock(out, RUN_FOLDERS, log):  # held through the sweep and the report
+        if opts["train_missing"]:
+            train_missing(model_names, ckpt_dir, root, cache, opts["void"])
+        job = SweepJob(plan, ckpt_dir, out, root, opts["resume"], cache, opts["precision"], opts["device"])
+        record = run_sweep(job, progress=sys.stderr.isatty(), log=log)
+        click.echo(f"sweep: {len(model_names)} models x {len(pert_names)} perturbations x {len(plan.levels)} levels "
+                   f"on {len(record['image_ids'])} test images; {record['cells_computed']} cells computed "
+                   f"({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {out}")
+        if opts["report"]:
+            from .reporting import write_report
 
-        _echo_report(write_report(Path(opts["out_dir"]), data_root=root, cache_dir=cache))
+            _echo_report(write_report(out, data_root=root, cache_dir=cache))
 
 
 def train_missing(models: list[str], checkpoints_dir: Path, root: Path, cache: Path | None, void: str) -> None:
-    """Train, in the quick profile, every model without a checkpoint."""
+    """Train, in the quick profile, every model without a checkpoint (continuing an
+    interrupted training of it where its last.pt is)."""
     from .config import resolve
     from .engine.training import TrainJob
     from .engine.training import train as run_training
@@ -342,7 +392,8 @@ def train_missing(models: list[str], checkpoints_dir: Path, root: Path, cache: P
         if not (checkpoints_dir / m / "best.pt").is_file():
             click.echo(f"training {m} (quick profile): no checkpoint in {checkpoints_dir}", err=True)
             cfg, fields = resolve("quick", {"void": void}, {})
-            run_training(TrainJob(m, cfg, root, checkpoints_dir, fields, profile="quick", cache_dir=cache),
+            resume = (checkpoints_dir / m / "last.pt").is_file()
+            run_training(TrainJob(m, cfg, root, checkpoints_dir, fields, profile="quick", cache_dir=cache, resume=resume),
                          log=lambda msg: click.echo(msg, err=True), progress=sys.stderr.isatty())
 
 
@@ -369,14 +420,17 @@ def report(run_dir, data_root, cache_dir, examples, reference_model):
     The example images need the test split: --data-root, else the folder the run
     recorded, else $PETSEG_DATA or the download cache; without it they are skipped.
     """
+    from .engine.lock import folder_lock
+    from .engine.sweep import RUN_FOLDERS
     from .reporting import write_report
     from .results import read_run
 
     run_path = Path(run_dir)
     recorded = read_run(run_path).get("data_root")
     root = resolve_data_root(data_root) if data_root or not recorded else None  # None: the run's own folder
-    _echo_report(write_report(run_path, data_root=root, cache_dir=_path(cache_dir), examples=examples,
-                              reference_model=reference_model))
+    with folder_lock(run_path, RUN_FOLDERS):  # not while a `run` still writes there
+        _echo_report(write_report(run_path, data_root=root, cache_dir=_path(cache_dir), examples=examples,
+                                  reference_model=reference_model))
 
 
 @main.command()
@@ -385,7 +439,9 @@ def report(run_dir, data_root, cache_dir, examples, reference_model):
               help="Baseline JSON: per model, clean mDice and each perturbation's mean Dice (seed reduction).")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=None,
               help="Allowed drop in Dice before a figure counts as a regression. Default: the baseline's, else 0.02.")
-@click.option("--update-baseline", is_flag=True, help="Write this run's figures as the new baseline and exit 0.")
+@click.option("--update-baseline", is_flag=True,
+              help="Write this run alone as the baseline (per-image scores, no spread); "
+                   "`petseg-bench baseline` builds one from several runs.")
 def check(run_dir, baseline_file, tolerance, update_baseline):
     """Compare the run in RUN_DIR with a baseline; exit 1 if Dice regressed past the tolerance."""
     from .reporting.check import check_run
@@ -394,6 +450,19 @@ def check(run_dir, baseline_file, tolerance, update_baseline):
     click.echo(outcome.text)
     if outcome.error:
         raise PetsegError(outcome.error)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True, help="The baseline JSON to write.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="Allowed drop beyond the runs' spread. Default: the existing baseline's, else 0.02.")
+def baseline(run_dirs, out_file, tolerance):
+    """Build a `check` baseline from several runs of one sweep (training seeds, fp32/bf16, CPUs):
+    per figure the mean and spread over the runs, and per-image scores for paired comparison."""
+    from .reporting.check import write_baseline
+
+    click.echo(write_baseline([Path(d) for d in run_dirs], Path(out_file), tolerance).text)
 
 
 if __name__ == "__main__":  # pragma: no cover

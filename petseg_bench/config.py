@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,10 @@ class TrainConfig:
         def bad(option: str, why: str) -> PetsegError:
             return PetsegError(f"--{option.replace('_', '-')} {why}")
 
+        for name in ("lr", "weight_decay", "val_fraction", "ce_weight", "dice_weight", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise bad(name, f"must be a finite number, got {value}")
         if self.epochs < 1:
             raise bad("epochs", f"must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -55,24 +61,30 @@ class TrainConfig:
             raise bad("scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.restart_epochs < 1:
             raise bad("restart_epochs", f"must be >= 1, got {self.restart_epochs}")
-        if len(self.class_weights) != 3 or any(w < 0 for w in self.class_weights):
+        if len(self.class_weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in self.class_weights):
             raise bad("class_weights", f"needs three non-negative numbers, got {self.class_weights}")
         if not 0.0 < self.val_fraction < 1.0:
             raise bad("val_fraction", f"must be strictly between 0 and 1, got {self.val_fraction}")
-        for name in ("ce_weight", "dice_weight"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise bad(name, f"must be >= 0, got {value}")
+        self._validate_loss_weights(bad)
         if self.grad_clip < 0:
             raise bad("grad_clip", f"must be >= 0, got {self.grad_clip}")
         if self.patience < 0:
             raise bad("patience", f"must be >= 0, got {self.patience}")
+        check_seed(self.seed)
         for name in ("limit", "val_limit"):
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise bad(name, f"must be >= 2, got {value}")
         if self.workers < 0:
             raise bad("workers", f"must be >= 0, got {self.workers}")
+
+    def _validate_loss_weights(self, bad) -> None:
+        for name in ("ce_weight", "dice_weight"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise bad(name, f"must be >= 0, got {value}")
+        if self.ce_weight == 0 and self.dice_weight == 0:
+            raise PetsegError("--ce-weight 0 and --dice-weight 0 leave no loss to train on; give one of them a weight > 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,6 +98,15 @@ class TrainConfig:
         if "class_weights" in values:
             values["class_weights"] = tuple(values["class_weights"])
         return cls(**values)
+
+
+#: Seeds feed numpy, torch and per-image generators: 0 .. 2**32 - 1 works for all of them.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    if not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise PetsegError(f"{option} must be between 0 and {MAX_SEED}, got {seed}")
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,22 @@ below derives from them, with two named reductions:
   truth contains that class (the seed study's ``robustness_test.py``), then average the
   classes.
 
-A class absent from an image's ground truth is NaN in that image's per-class scores:
-left out, never counted as 0 or 1.
+Absent classes, per the spec:
+
+- per image: a class absent from the image's ground truth is NaN in that image's
+  per-class scores: left out, never counted as 0 or 1 (even when predicted);
+- ``dataset``: a class absent from the split's ground truth but predicted somewhere
+  (union > 0) scores 0; absent from both ground truth and prediction, it is NaN and left
+  out of the class mean (as torchmetrics and mmsegmentation do);
+- ``seed``: a class that no image of the split contains scores 0 and counts 0 in the
+  mean over the classes, as the seed's code does (its per-class count is clamped to 1
+  over a zero sum); an :class:`AbsentClassWarning` says so, and :func:`summarize`
+  records it under ``notes``.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Collection, Mapping
 
 import numpy as np
@@ -25,6 +35,13 @@ from .labels import CLASS_NAMES, IGNORE, N_CLASSES
 from .specs import MetricSpec
 
 REDUCTIONS = ("dataset", "seed")
+
+
+class AbsentClassWarning(UserWarning):
+    """A class no image of the split contains scored 0 in the seed reduction.
+
+    Issued once per process per message (Python's default warning filter), not per
+    call; :func:`summarize` also returns the same text under ``notes``."""
 
 
 # --- the two helpers every score goes through ------------------------------------------
@@ -91,21 +108,66 @@ def pixel_accuracy(cm: np.ndarray) -> np.ndarray:
 
 # --- reduction over a split -----------------------------------------------------------
 
-def reduce(spec: MetricSpec, cms: np.ndarray, reduction: str) -> np.ndarray:
-    """One metric over a split: per class ``[C]`` (per-class metrics) or a scalar."""
+def reduce(spec: MetricSpec, cms: np.ndarray, reduction: str, *, warn: bool = True) -> np.ndarray:
+    """One metric over a split: per class ``[C]`` (per-class metrics) or a scalar.
+
+    Absent classes follow the module's rules: ``dataset`` scores 0 a class predicted
+    but absent from the ground truth and leaves NaN one absent from both; ``seed``
+    scores 0 a class no image contains (with an :class:`AbsentClassWarning` unless
+    ``warn`` is False: the caller says it itself)."""
     cms = np.asarray(cms)
     if reduction == "dataset":
-        return np.asarray(spec.fn(cms.sum(0)), dtype=np.float64)
+        total = cms.sum(0)
+        value = np.asarray(spec.fn(total), dtype=np.float64)
+        return _dataset_absent_rule(spec, total, value)
     if reduction == "seed":
         scores = np.asarray(spec.fn(cms), dtype=np.float64)  # [N, C] or [N]
         if scores.size == 0 or np.isnan(scores).all(axis=0).all():
             return np.full(scores.shape[1:], np.nan)
-        return _nanmean(scores, axis=0)
+        value = _nanmean(scores, axis=0)
+        if spec.per_class:
+            never = absent_classes(cms)
+            if never.any():
+                if warn:
+                    warnings.warn(seed_absent_note(never), AbsentClassWarning, stacklevel=2)
+                value = np.where(never, 0.0, value)
+        return value
     raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
 
 
+def absent_classes(cms: np.ndarray) -> np.ndarray:
+    """``[C]`` bool: the classes that no image's ground truth contains (all False for no
+    images: then there is nothing to score at all)."""
+    cms = np.asarray(cms)
+    if len(cms) == 0:
+        return np.zeros(cms.shape[-1], bool)
+    return cms.sum(axis=(0, -1)) == 0
+
+
+def seed_absent_note(absent: np.ndarray) -> str:
+    """The one-line warning for the classes the seed reduction scored 0."""
+    names = [c for c, a in zip(CLASS_NAMES, absent) if a]
+    it = "it" if len(names) == 1 else "them"
+    return (f"no image of the split contains {' or '.join(names)}: the seed reduction scores {it} 0 and "
+            f"counts {it} in the class mean, as the seed's code does (the dataset reduction leaves {it} "
+            f"out unless predicted)")
+
+
+def _dataset_absent_rule(spec: MetricSpec, total: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """0 where a per-class score is undefined because the class is absent from the ground
+    truth but was predicted (``total`` is ``[..., C, C]``, ``value`` ``[..., C]``)."""
+    if not spec.per_class:
+        return value
+    total = np.asarray(total, dtype=np.float64)
+    predicted_only = (total.sum(-1) == 0) & (total.sum(-2) > 0)
+    return np.where(predicted_only & np.isnan(value), 0.0, value)
+
+
 def mean_over_classes(values: np.ndarray) -> float:
-    """Class mean that leaves out classes with no score (absent from the ground truth)."""
+    """Class mean of a reduced per-class metric, leaving out the classes with no score
+    (NaN: absent from both ground truth and prediction in the dataset reduction, absent
+    from an image's ground truth in a per-image score). The seed reduction's absent
+    classes already score 0, so they count."""
     values = np.asarray(values, dtype=np.float64)
     return float(_nanmean(values, axis=-1)) if values.ndim else float(values)
 
@@ -125,14 +187,18 @@ def bootstrap_ci(spec: MetricSpec, cms: np.ndarray, reduction: str, n_boot: int 
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # [B, N]
     if reduction == "dataset":
-        values = np.asarray(spec.fn(np.einsum("bn,nij->bij", counts, cms)), dtype=np.float64)
+        totals = np.einsum("bn,nij->bij", counts, cms)
+        values = _dataset_absent_rule(spec, totals, np.asarray(spec.fn(totals), dtype=np.float64))
     else:
         scores = np.asarray(spec.fn(cms), dtype=np.float64)
         if scores.ndim == 1:
             scores = scores[:, None]
         valid = ~np.isnan(scores)
         values = divide(counts @ np.where(valid, scores, 0.0), counts @ valid)  # [B, C]
-        if not spec.per_class:
+        if spec.per_class:  # a class no resampled image contains scores 0, as in reduce()
+            in_gt = cms.sum(-1) > 0  # [N, C]
+            values = np.where(counts @ in_gt == 0, 0.0, values)
+        else:
             values = values[:, 0]
     if spec.per_class:
         values = _nanmean(values, axis=-1)
@@ -156,10 +222,14 @@ def summarize(cms: np.ndarray, metrics: Mapping[str, MetricSpec], n_boot: int = 
     the metrics named in ``ci`` (all when None: each interval costs ``n_boot`` replicates).
     """
     out: dict = {"n_images": int(len(cms))}
+    notes: list[str] = []
+    if any(spec.per_class for spec in metrics.values()) and absent_classes(cms).any():
+        notes.append(seed_absent_note(absent_classes(cms)))
+        warnings.warn(notes[-1], AbsentClassWarning, stacklevel=2)
     for reduction in REDUCTIONS:
         block = {}
         for name, spec in metrics.items():
-            value = reduce(spec, cms, reduction)
+            value = reduce(spec, cms, reduction, warn=False)  # said once above, not once per metric
             entry: dict = {}
             if spec.per_class:
                 entry["per_class"] = {c: json_float(v) for c, v in zip(CLASS_NAMES, value)}
@@ -170,6 +240,8 @@ def summarize(cms: np.ndarray, metrics: Mapping[str, MetricSpec], n_boot: int = 
                 entry["ci95"] = [json_float(v) for v in bootstrap_ci(spec, cms, reduction, n_boot, seed)]
             block[name] = entry
         out[reduction] = block
+    if notes:
+        out["notes"] = notes
     return out
 
 

@@ -54,11 +54,47 @@ def file_sha256(path: Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def hardware() -> str:
+#: CPU flags that change results: which bf16 / matrix kernels torch can use (Intel AMX,
+#: AVX-512 BF16), the vector width, and Arm's bf16 extension ("Features" on aarch64).
+RESULT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """``{"model": ..., "flags": [...]}`` of the first CPU in ``/proc/cpuinfo`` (or the text
+    given); the model falls back to :func:`platform.processor` where there is no cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    model = fields.get("model name") or fields.get("hardware") or platform.processor() or platform.machine()
+    present = set((fields.get("flags") or fields.get("features") or "").split())
+    return {"model": model or "unknown CPU", "flags": [f for f in RESULT_FLAGS if f in present]}
+
+
+def hardware_info() -> dict:
+    """What the machine is, as data: CPU model, the result-changing CPU flags, the torch
+    thread count and CPU capability, the GPU (None without one)."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    text = f"{cpu}, {torch.get_num_threads()} torch threads, {torch.backends.cpu.get_cpu_capability()}"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name(0)}"
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "machine": platform.machine(), "cpu_flags": cpu["flags"],
+            "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def hardware(info: dict | None = None) -> str:
+    """:func:`hardware_info` in one line, e.g. ``AMD EPYC 7B13 (x86_64; avx2), 2 torch threads, AVX2``."""
+    info = info or hardware_info()
+    flags = " ".join(info["cpu_flags"]) or "no avx2/avx512/amx/bf16 flags"
+    text = (f"{info['cpu']} ({info['machine']}; {flags}), {info['torch_threads']} torch threads, "
+            f"{info['torch_cpu_capability']}")
+    if info.get("gpu"):
+        text += f"; GPU {info['gpu']}"
     return text

@@ -175,7 +175,9 @@ class ModelSpec:
     key of a frozen backbone (``efficientnet:lite0``) whose features the harness
     computes and passes as ``backbone``. ``frozen`` lists state-dict prefixes that are
     rebuilt from their source and left out of checkpoints. ``upgrade(options)`` maps
-    options read from an older checkpoint format.
+    options read from an older checkpoint format. ``lr_scales`` multiplies the learning
+    rate of the parameters under a prefix (``{"encoder.": 0.3}``: a pretrained encoder
+    fine-tuned more gently than a fresh decoder).
     """
 
     name: str
@@ -195,6 +197,7 @@ class ModelSpec:
     frozen: tuple[str, ...] = ()
     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     paper: PaperFigures | None = None
+    lr_scales: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def display(self) -> str:

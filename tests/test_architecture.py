@@ -12,7 +12,7 @@ import pytest
 CORE = Path(__file__).resolve().parents[1] / "petseg_bench"
 #: Words that contain a built-in model's name but are generic (gradient clipping,
 #: checkpoints, entry points, the ``point`` input kind and its clicks).
-GENERIC = re.compile(r"grad[_-]clip|clip_grad|checkpoints?|entry[_ -]?points?|\bpoints?\b|point-prompted")
+GENERIC = re.compile(r"grad[_-]clip|clip_grad|clipp(?:ed|ing)|checkpoints?|entry[_ -]?points?|\bpoints?\b|point-prompted")
 BUILTIN_NAMES = re.compile(r"clip|point|autoencoder")
 
 

@@ -148,3 +148,46 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and str(missing) in lines[0], proc.stderr
+
+
+# --- interruptions and file errors ----------------------------------------------------
+
+def test_interrupted_line_gives_the_exact_resume_command():
+    from petseg_bench.cli import interrupted_line
+
+    line = interrupted_line(["train", "unet", "--out", "my runs", "--overwrite", "--epochs", "3"])
+    assert "`petseg-bench train unet --out 'my runs' --epochs 3 --resume`" in line  # never --overwrite again
+    line = interrupted_line(["run", "--out", "r", "--resume"])
+    assert line.endswith("`petseg-bench run --out r --resume`")
+    assert interrupted_line(["data", "prepare"]) == "interrupted"
+
+
+def test_ctrl_c_exits_130_in_one_line(runner, monkeypatch, make_dataset, tmp_path):
+    from petseg_bench.data import cache
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "prepare_all", interrupt)
+    result = runner.invoke(main, ["data", "prepare", "--data-root", str(make_dataset()),
+                                  "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert [ln for ln in result.output.splitlines() if ln.strip()] == ["interrupted"]
+
+
+def test_a_file_error_no_command_named_is_still_one_line(runner, monkeypatch, make_dataset, tmp_path):
+    import errno
+
+    from petseg_bench.cli import file_error_line
+    from petseg_bench.data import cache
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "cache" / "x.npy"))
+
+    assert file_error_line(OSError(errno.EROFS, os.strerror(errno.EROFS), "/x")) == \
+        "could not write /x: read-only file system"
+    monkeypatch.setattr(cache, "prepare_all", full)
+    result = runner.invoke(main, ["data", "prepare", "--data-root", str(make_dataset()),
+                                  "--cache-dir", str(tmp_path / "cache")])
+    line = one_error_line(result)
+    assert line == f"Error: could not write {tmp_path / 'cache' / 'x.npy'}: no space left on device"

@@ -4,8 +4,12 @@ one `realdata` test, which skips where the partial copy is absent)."""
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +18,15 @@ from scipy import ndimage
 
 from petseg_bench.data import cache as cache_mod
 from petseg_bench.data.augment import training_augmentation
-from petseg_bench.data.cache import fingerprint, prepare, prepare_all
+from petseg_bench.data.cache import dropped_summary, fingerprint, prepare, prepare_all
 from petseg_bench.data.decode import SampleError, fill_void, load_mask, load_rgb, load_sample
 from petseg_bench.data.layout import detect_layout, list_split
 from petseg_bench.data.letterbox import Letterbox
+from petseg_bench.data.report import check_report
 from petseg_bench.data.split import limit, validation_split
 from petseg_bench.errors import DataError
 
-from conftest import COLOURS, sample_arrays
+from conftest import COLOURS, sample_arrays, sample_names
 
 SIZE = (20, 30)  # height, width of the synthetic images
 
@@ -493,3 +498,428 @@ def test_augmentation_keeps_image_and_mask_aligned():
 def test_synthetic_colours_are_distinct():
     # the synthetic dataset's colours must stay apart after JPEG for the tests above
     assert len(set(COLOURS.values())) == 3
+
+
+# --- issue 10: unreadable files of every kind, dropped with one line, never opened ---
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` grey pixels but holds almost no data:
+    enough for PIL to read the size (and refuse a bomb) without decoding anything."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def make_directory(path):
+    path.unlink()
+    path.mkdir()
+
+
+def make_dangling_symlink(path):
+    path.unlink()
+    path.symlink_to(path.parent / "gone-for-good.jpg")
+
+
+def make_fifo(path):
+    path.unlink()
+    os.mkfifo(path)
+
+
+def make_empty(path):
+    path.write_bytes(b"")
+
+
+def make_bomb(path):
+    path.write_bytes(png_header_only(12000, 12000))  # 144 Mpx: over PIL's 89 Mpx warning limit
+
+
+def make_big_bomb(path):
+    path.write_bytes(png_header_only(20000, 20000))  # 400 Mpx: over PIL's hard (error) limit
+
+
+def make_float_tiff(path):
+    Image.fromarray(np.full(SIZE, 0.5, np.float32)).save(path, format="TIFF")
+
+
+# (case, which file of beagle_1 to spoil, how, words the reason must hold)
+UNREADABLE = [
+    ("directory named .jpg", "image", make_directory, "is a directory, not a regular file"),
+    ("dangling symlink .jpg", "image", make_dangling_symlink, "dangling symlink"),
+    ("FIFO named .jpg", "image", make_fifo, "is a FIFO (named pipe), not a regular file"),
+    ("zero-byte JPEG", "image", make_empty, "empty file (0 bytes)"),
+    ("decompression bomb PNG named .jpg", "image", make_bomb, "decompression bomb, not decoded"),
+    ("decompression bomb over the hard limit", "image", make_big_bomb, "decompression bomb, not decoded"),
+    ("floating-point TIFF named .jpg", "image", make_float_tiff, "floating-point image"),
+    ("directory named .png (trimap)", "mask", make_directory, "is a directory, not a regular file"),
+    ("FIFO named .png (trimap)", "mask", make_fifo, "FIFO"),
+    ("zero-byte trimap", "mask", make_empty, "empty file (0 bytes)"),
+]
+
+
+def prepare_or_unblock(root, split, cache_dir, fifo=None, timeout=20.0):
+    """``prepare`` in a thread; if it is still running after ``timeout`` (blocked on a
+    FIFO), open the FIFO's write end so it can finish, and fail."""
+    import threading
+
+    out = {}
+
+    def work():
+        try:
+            out["sp"] = prepare(root, split, cache_dir=cache_dir)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            out["exc"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if fifo is not None:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(fd)
+        thread.join(5)
+        pytest.fail(f"prepare blocked for {timeout} s (opened the FIFO {fifo})")
+    if "exc" in out:
+        raise out["exc"]
+    return out["sp"]
+
+
+@pytest.mark.parametrize("case, which, spoil, words", UNREADABLE, ids=[c[0] for c in UNREADABLE])
+def test_unreadable_files_are_dropped_with_one_line(make_dataset, tmp_path, case, which, spoil, words):
+    root = make_dataset(n_cat=1, n_dog=2)
+    target = img_path(root, "beagle_1") if which == "image" else tri_path(root, "beagle_1")
+    spoil(target)
+    sp = prepare_or_unblock(root, "trainval", tmp_path / "cache", fifo=target if spoil is make_fifo else None)
+    assert sorted(sp.names) == ["Abyssinian_1", "beagle_2"]  # the others still load
+    (dropped,) = sp.dropped
+    line = dropped.line()
+    assert dropped.name == "beagle_1" and "\n" not in line
+    assert target.name in line and words in line, line
+    # and the list next to the cache names it too
+    assert line in sp.dropped_list.read_text().splitlines()
+
+
+def test_fifo_is_never_opened_by_the_fingerprint(make_dataset, tmp_path):
+    """A FIFO that appears after the listing (the fingerprint used to read it and hang)."""
+    root = make_dataset(n_cat=1, n_dog=1)
+    listing = list_split(root, "test")
+    fifo = img_path(root, "beagle_100")
+    make_fifo(fifo)
+    import threading
+
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("fp", fingerprint(listing)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("fingerprint() blocked on a FIFO")
+    assert len(out["fp"]) == 16
+    with pytest.raises(SampleError, match="FIFO"):
+        load_rgb(fifo)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or real_load(self))
+    bomb = tmp_path / "bomb.jpg"
+    make_bomb(bomb)
+    with pytest.raises(SampleError, match="decompression bomb") as info:
+        load_rgb(bomb)
+    assert not decoded and "\n" not in str(info.value) and "144000000 pixels" in str(info.value)
+    # a real image over a lowered limit: the warning level and the error level both refuse it
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(small)
+    for limit in (1000, 500):  # 1600 px: over the warning limit, then over twice the limit
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(SampleError, match="decompression bomb"):
+            load_rgb(small)
+    assert not decoded
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(make_dataset, tmp_path):
+    root = make_dataset(n_cat=1, n_dog=1)
+    rgb, _ = sample_arrays(0, 2, SIZE)
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    sixteen = grey.astype(np.uint16) * 257 + 100  # rounds back to grey
+    im = Image.fromarray(sixteen)
+    assert im.mode == "I;16"
+    im.save(img_path(root, "beagle_1"), format="PNG")  # a 16-bit grey PNG named .jpg
+    sp = prepare(root, "trainval", cache_dir=tmp_path / "cache")
+    assert not sp.dropped
+    image = sp.image(sp.names.index("beagle_1"))
+    assert np.array_equal(image, np.repeat(grey[..., None], 3, axis=2))  # not 99.99% white
+    # the full range maps onto 0..255, rounded
+    ramp = np.array([[0, 128, 129, 257, 32767, 65406, 65407, 65535]], np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    assert load_rgb(tmp_path / "ramp.png")[0, :, 0].tolist() == [0, 0, 1, 1, 127, 254, 255, 255]
+
+
+# --- issue 10: a damaged prepared cache is rebuilt, with one line ---------------------
+
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def edit_index(folder, fn):
+    index = json.loads((folder / "index.json").read_text())
+    fn(index)
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+DAMAGE = [
+    ("truncated images.npy", lambda f: truncate(f / "images.npy"), "images.npy"),
+    ("images.npy cut inside its header", lambda f: truncate(f / "images.npy", 0.001), "images.npy"),
+    ("truncated labels.npy", lambda f: truncate(f / "labels.npy", 0.9), "labels.npy"),
+    ("missing labels.npy", lambda f: (f / "labels.npy").unlink(), "labels.npy is missing"),
+    ("missing index.json", lambda f: (f / "index.json").unlink(), "index.json is missing"),
+    ("malformed index.json", lambda f: (f / "index.json").write_text("{\"names\": [1, 2"), "index.json unreadable"),
+    ("index.json not an object", lambda f: (f / "index.json").write_text("[]"), "not an object"),
+    ("index.json lacks a key", lambda f: edit_index(f, lambda i: i.pop("shapes")), "lacks shapes"),
+    ("index.json shapes disagree", lambda f: edit_index(f, lambda i: i["shapes"].pop()), "disagree"),
+    ("an older cache version", lambda f: edit_index(f, lambda i: i.update(version=1)), "version 1"),
+    ("wrong array size", lambda f: np.save(f / "labels.npy", np.zeros(7, np.uint8)), "expected uint8"),
+]
+
+
+@pytest.mark.parametrize("case, damage, words", DAMAGE, ids=[c[0] for c in DAMAGE])
+def test_damaged_cache_is_verified_and_rebuilt(make_dataset, tmp_path, capsys, case, damage, words):
+    root = make_dataset(n_cat=2, n_dog=2)
+    cache_dir = tmp_path / "cache"
+    good = prepare(root, "test", cache_dir=cache_dir)
+    expected = [(good.image(i).copy(), good.label(i).copy()) for i in range(len(good))]
+    names = list(good.names)
+    del good
+    capsys.readouterr()
+    damage(cache_dir / f"test-{fingerprint(list_split(root, 'test'))}-nearest")
+    sp = prepare(root, "test", cache_dir=cache_dir)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is damaged" in err[0] and "rebuilding it" in err[0] and words in err[0], err
+    assert sp.names == names
+    for i, (image, label) in enumerate(expected):
+        assert np.array_equal(sp.image(i), image) and np.array_equal(sp.label(i), label)
+    assert [p.name for p in cache_dir.iterdir()] == [sp.root.name]  # nothing left over
+    prepare(root, "test", cache_dir=cache_dir)  # and now it opens quietly
+    assert capsys.readouterr().err == ""
+
+
+def test_repair_lines_go_to_the_notice_sink(make_dataset, tmp_path, capsys):
+    root = make_dataset(n_cat=1, n_dog=1)
+    sp = prepare(root, "test", cache_dir=tmp_path / "cache")
+    (sp.root / "labels.npy").unlink()
+    lines = []
+    cache_mod.set_notice_sink(lines.append)
+    try:
+        prepare(root, "test", cache_dir=tmp_path / "cache")
+    finally:
+        cache_mod.set_notice_sink(None)
+    assert len(lines) == 1 and "rebuilding" in lines[0]
+    assert capsys.readouterr().err == ""
+
+
+# --- issue 10: leftovers of a killed prepare are cleaned on the next run --------------
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def temp_folder(cache_dir, name, owner=None, age_s=0.0):
+    folder = cache_dir / name
+    folder.mkdir(parents=True)
+    (folder / "images.npy").write_bytes(b"half written")
+    if owner is not None:
+        (folder / "owner").write_text(owner)
+    if age_s:
+        old = time.time() - age_s
+        os.utime(folder, (old, old))
+    return folder
+
+
+def test_leftover_temp_folders_are_cleaned_only_when_their_writer_is_gone(make_dataset, tmp_path, capsys):
+    import socket
+
+    root = make_dataset()
+    cache_dir = tmp_path / "cache"
+    fp = fingerprint(list_split(root, "trainval"))
+    host = socket.gethostname()
+    dead = temp_folder(cache_dir, f".tmp-trainval-{fp}-nearest-dead", owner=f"{dead_pid()} {host}")
+    old_style = temp_folder(cache_dir, f".trainval-{fp}-nearest-x1y2z3", age_s=3600)  # before version 2
+    trash = temp_folder(cache_dir, ".tmp-trash-abc", age_s=3600)
+    live = temp_folder(cache_dir, f".tmp-test-{fp}-nearest-live", owner=f"{os.getppid()} {host}")
+    fresh = temp_folder(cache_dir, f".tmp-test-{fp}-ignore-new")  # no owner yet: being created
+    elsewhere = temp_folder(cache_dir, f".tmp-test-{fp}-nearest-far", owner=f"{os.getppid()} other-host")
+    unrelated = temp_folder(cache_dir, ".not-ours")
+    sp = prepare(root, "trainval", cache_dir=cache_dir)
+    assert len(sp) == 5 and sp.root.name == f"trainval-{fp}-nearest"
+    for gone in (dead, old_style, trash):
+        assert not gone.exists(), gone
+    for kept in (live, fresh, elsewhere, unrelated):
+        assert kept.exists(), kept
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"removed 3 temporary folders left in {cache_dir} by an interrupted prepare"]
+
+
+def test_prepare_killed_with_sigkill_leaves_nothing_for_the_next_run(make_dataset, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    root = make_dataset(n_cat=1, n_dog=1)
+    cache_dir = tmp_path / "cache"
+    script = (
+        "import sys, time\n"
+        "import numpy as np\n"
+        "from petseg_bench.data import cache\n"
+        "real = np.save\n"
+        "def stall(path, arr, *a, **k):\n"
+        "    real(path, arr, *a, **k)\n"
+        "    print('WRITING', flush=True)\n"
+        "    time.sleep(120)\n"
+        "cache.np.save = stall\n"
+        "cache.prepare(sys.argv[1], 'test', cache_dir=sys.argv[2])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(root), str(cache_dir)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"
+        leftovers = [p for p in cache_dir.iterdir() if p.name.startswith(".tmp-test-")]
+        assert len(leftovers) == 1 and (leftovers[0] / "owner").is_file()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    sp = prepare(root, "test", cache_dir=cache_dir)
+    assert len(sp) == 2
+    assert [p.name for p in cache_dir.iterdir()] == [sp.root.name]
+    assert "removed 1 temporary folder" in capsys.readouterr().err
+
+
+# --- issue 10: a cache folder that cannot be written is one line ----------------------
+
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def eacces(*args, **kwargs):
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+WRITE_FAILURES = [
+    ("disk full while writing an array", "np.save", enospc, "no space left on device"),
+    ("disk full while writing the index", "index.json", None, "no space left on device"),
+    ("read-only cache folder", "tempfile.mkdtemp", eacces, "permission denied"),
+    ("cache folder cannot be created", "Path.mkdir", eacces, "permission denied"),
+]
+
+
+@pytest.mark.parametrize("case, where, fail, words", WRITE_FAILURES, ids=[c[0] for c in WRITE_FAILURES])
+def test_unwritable_cache_is_one_line(make_dataset, tmp_path, monkeypatch, case, where, fail, words):
+    root = make_dataset(n_cat=1, n_dog=1)
+    cache_dir = tmp_path / "cache"
+    if where == "np.save":
+        monkeypatch.setattr(cache_mod.np, "save", fail)
+    elif where == "index.json":  # the last file written, after the arrays
+        real_write = Path.write_text
+
+        def write_text(self, data, *a, **k):
+            if self.name == "index.json":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(self, data, *a, **k)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    elif where == "tempfile.mkdtemp":
+        monkeypatch.setattr(cache_mod.tempfile, "mkdtemp", fail)
+    else:
+        monkeypatch.setattr(Path, "mkdir", fail)
+    with pytest.raises(DataError) as info:
+        prepare(root, "test", cache_dir=cache_dir)
+    message = str(info.value)
+    assert "\n" not in message and words in message and "cannot write the prepared cache" in message
+    assert "PETSEG_CACHE" in message
+    if cache_dir.exists():
+        assert list(cache_dir.iterdir()) == []  # no half-written temporary folder
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_cache_folder_is_one_line(make_dataset, tmp_path):
+    root = make_dataset(n_cat=1, n_dog=1)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    cache_dir.chmod(0o500)
+    try:
+        with pytest.raises(DataError, match="cannot write the prepared cache.*permission denied"):
+            prepare(root, "test", cache_dir=cache_dir)
+    finally:
+        cache_dir.chmod(0o700)
+
+
+# --- issue 10: the dropped list and its one line --------------------------------------
+
+def test_dropped_summary_names_the_count_and_the_list(broken_official, tmp_path):
+    sp = prepare(broken_official, "trainval", cache_dir=tmp_path / "cache")
+    line = dropped_summary(sp)
+    assert line == f"{len(EXPECTED_DROPS)} trainval images dropped (list: {sp.root / 'dropped.txt'})"
+    listed = sp.dropped_list.read_text().splitlines()
+    for d in sp.dropped:
+        assert d.line() in listed
+    assert "beagle_99" in listed  # the absent name, in its own section
+    clean = prepare(broken_official, "test", cache_dir=tmp_path / "cache")
+    assert dropped_summary(clean) is None
+    # a list deleted by hand is written again
+    sp.dropped_list.unlink()
+    assert dropped_summary(sp) == line and sp.dropped_list.is_file()
+
+
+def test_notice_sink_gets_the_dropped_line_once(broken_official, tmp_path):
+    lines = []
+    cache_mod.set_notice_sink(lines.append)
+    try:
+        for _ in range(3):
+            sp = prepare(broken_official, "trainval", cache_dir=tmp_path / "cache")
+        prepare(broken_official, "test", cache_dir=tmp_path / "cache")  # nothing dropped: no line
+    finally:
+        cache_mod.set_notice_sink(None)
+    assert lines == [dropped_summary(sp)]
+
+
+def test_bad_void_mode_is_one_line(make_dataset, tmp_path):
+    with pytest.raises(DataError, match="void mode must be one of nearest, ignore"):
+        prepare(make_dataset(), "test", void="zero", cache_dir=tmp_path / "cache")
+
+
+# --- issue 10: evaluation-only data ----------------------------------------------------
+
+def test_check_report_evaluation_only_data(make_dataset, tmp_path):
+    root = make_dataset(n_cat=1, n_dog=2)
+    for name, _ in sample_names(1, 2, 1):  # no trainval image on disk
+        img_path(root, name).unlink()
+        tri_path(root, name).unlink()
+    text, usable = check_report(root, cache_dir=tmp_path / "cache")
+    assert usable
+    assert "no trainval images: training is not possible; evaluation is" in text
+    # and with no trainval split file at all
+    (root / "annotations" / "trainval.txt").unlink()
+    text, usable = check_report(root, cache_dir=tmp_path / "cache")
+    assert usable and "no trainval images: training is not possible; evaluation is" in text
+    assert "trainval: not listed: split file" in text
+
+
+def test_check_report_without_test_images_is_unusable(make_dataset, tmp_path):
+    root = make_dataset(n_cat=1, n_dog=1)
+    (root / "annotations" / "test.txt").unlink()
+    text, usable = check_report(root, cache_dir=tmp_path / "cache")
+    assert not usable
+    assert "no usable image in test: evaluation is not possible; training is" in text

@@ -12,7 +12,7 @@ from conftest import REAL_DATA
 
 from petseg_bench.cli import main
 
-MODELS = ["unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet"]
+MODELS = ["unet", "autoencoder", "clip_only", "clip_unet", "point_clip_unet", "effnet_unet"]
 SEED_PERTURBATIONS = ("gaussian_noise,gaussian_blur,contrast_increase,contrast_decrease,brightness_increase,"
                       "brightness_decrease,occlusion,salt_and_pepper")
 

@@ -1,15 +1,17 @@
-"""Metrics from confusion matrices: hand-computed cases, the absent-class rule, the two
+"""Metrics from confusion matrices: hand-computed cases, the absent-class rules, the two
 reductions, ignore index, torchmetrics agreement, bootstrap intervals."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 from petseg_bench.metrics import (
     BUILTIN_METRICS,
+    AbsentClassWarning,
     bootstrap_ci,
     confusion_matrix,
     dice,
@@ -135,14 +137,18 @@ def test_dataset_reduction_by_hand():
 
 
 def test_seed_reduction_by_hand():
-    # bg: mean over A and B; cat: only B has cat (A is left out, not scored 0 or 1); dog: none
-    seed_iou = reduce(METRICS["iou"], CMS, "seed")
-    assert same(seed_iou, [(1 + 2 / 3) / 2, 0.5, NAN])
-    assert same(reduce(METRICS["dice"], CMS, "seed"), [(1 + 0.8) / 2, 2 / 3, NAN])
-    assert same(reduce(METRICS["pixel_accuracy"], CMS, "seed"), (1 + 0.75) / 2)
-    assert math.isclose(mean_over_classes(seed_iou), (5 / 6 + 0.5) / 2)
+    # bg: mean over A and B; cat: only B has cat (A is left out, not scored 0 or 1);
+    # dog: no image has a dog, so it scores 0 and counts 0 in the class mean (the seed's rule)
+    with pytest.warns(AbsentClassWarning, match="contains dog"):
+        seed_iou = reduce(METRICS["iou"], CMS, "seed")
+    assert same(seed_iou, [(1 + 2 / 3) / 2, 0.5, 0.0])
+    with pytest.warns(AbsentClassWarning):
+        assert same(reduce(METRICS["dice"], CMS, "seed"), [(1 + 0.8) / 2, 2 / 3, 0.0])
+    assert same(reduce(METRICS["pixel_accuracy"], CMS, "seed"), (1 + 0.75) / 2)  # not per class: no rule
+    assert math.isclose(mean_over_classes(seed_iou), (5 / 6 + 0.5 + 0) / 3)
 
 
+@pytest.mark.filterwarnings("ignore::petseg_bench.metrics.AbsentClassWarning")
 def test_reductions_differ():
     for name in METRICS:
         d = np.atleast_1d(reduce(METRICS[name], CMS, "dataset"))
@@ -156,23 +162,37 @@ def test_unknown_reduction_raises():
 
 
 def test_summarize_names_both_reductions():
-    out = summarize(CMS, METRICS)
+    with pytest.warns(AbsentClassWarning) as caught:
+        out = summarize(CMS, METRICS)
+    assert len(caught) == 1  # once per summary, not once per metric and reduction
     assert out["n_images"] == 2
-    assert set(out) == {"n_images", "dataset", "seed"}
+    assert set(out) == {"n_images", "dataset", "seed", "notes"}
+    assert len(out["notes"]) == 1 and "dog" in out["notes"][0] and "\n" not in out["notes"][0]
     for reduction in ("dataset", "seed"):
         assert set(out[reduction]) == set(METRICS)
         assert set(out[reduction]["iou"]["per_class"]) == {"background", "cat", "dog"}
-        assert out[reduction]["iou"]["per_class"]["dog"] is None  # NaN -> null, not 0
         assert "ci95" not in out[reduction]["iou"]
+    assert out["dataset"]["iou"]["per_class"]["dog"] is None  # absent from gt and prediction: NaN -> null
+    assert out["seed"]["iou"]["per_class"]["dog"] == 0.0  # in no image: 0, as the seed scores it
     assert out["dataset"]["iou"]["mean"] == pytest.approx(0.65, abs=1e-6)
-    assert out["seed"]["iou"]["mean"] == pytest.approx(2 / 3, abs=1e-6)
+    assert out["seed"]["iou"]["mean"] == pytest.approx((5 / 6 + 0.5) / 3, abs=1e-6)
     assert out["dataset"]["pixel_accuracy"]["mean"] == pytest.approx(10 / 12, abs=1e-6)
     assert out["seed"]["pixel_accuracy"]["mean"] == pytest.approx(0.875, abs=1e-6)
-    with_ci = summarize(CMS, METRICS, n_boot=50, seed=1)
+    with pytest.warns(AbsentClassWarning):
+        with_ci = summarize(CMS, METRICS, n_boot=50, seed=1)
     lo, hi = with_ci["seed"]["dice"]["ci95"]
     assert lo <= hi
 
 
+def test_summarize_has_no_notes_when_every_class_is_somewhere():
+    cms = confusion_matrices(*random_maps(5, seed=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AbsentClassWarning)
+        out = summarize(cms, METRICS)
+    assert set(out) == {"n_images", "dataset", "seed"}
+
+
+@pytest.mark.filterwarnings("ignore::petseg_bench.metrics.AbsentClassWarning")
 def test_summarize_bootstraps_only_the_metrics_asked_for():
     out = summarize(CMS, METRICS, n_boot=50, seed=1, ci=("dice",))
     for reduction in ("dataset", "seed"):
@@ -192,6 +212,87 @@ def test_json_float():
     assert json_float(None) is None and json_float(NAN) is None and json_float(float("inf")) is None
     assert json_float(np.float64(2 / 3)) == 0.666667
     assert json_float(np.array(0.5)) == 0.5
+
+
+# --- absent classes: the spec's three rules, by hand -----------------------------------
+
+def cm_of(gt: dict, pred: dict) -> np.ndarray:
+    """A 3x3 matrix from {(t, p): count}."""
+    cm = np.zeros((3, 3), np.int64)
+    for (t, p), n in {**gt, **pred}.items():
+        cm[t, p] = n
+    return cm
+
+
+# (case, per-image matrices, dataset IoU per class, seed IoU per class, seed warns)
+ABSENT_CASES = [
+    # dog in no image, never predicted: dataset leaves it out (NaN); seed scores it 0
+    ("dog absent, not predicted",
+     [cm_of({(0, 0): 3, (1, 1): 1}, {})],
+     [1.0, 1.0, NAN], [1.0, 1.0, 0.0], True),
+    # dog in no image but predicted once: dataset scores it 0 (union 1); per image left out,
+    # so seed still scores it 0 because no image contains it
+    ("dog absent, predicted",
+     [cm_of({(0, 0): 3, (1, 1): 1}, {(0, 2): 1})],
+     [0.75, 1.0, 0.0], [0.75, 1.0, 0.0], True),
+    # dog in one image, absent from the other where it is predicted: per image the second
+    # leaves dog out (NaN, not 0), so seed = the first image's dog IoU
+    ("dog in one image, predicted in the other",
+     [cm_of({(0, 0): 2, (2, 2): 2}, {}), cm_of({(0, 0): 1, (1, 1): 2}, {(0, 2): 1})],
+     [3 / 4, 1.0, 2 / 3], [(1.0 + 0.5) / 2, 1.0, 1.0], False),
+    # cat and dog both in no image: both 0 in the seed mean, both NaN in the dataset one
+    ("only background",
+     [cm_of({(0, 0): 4}, {}), cm_of({(0, 0): 2}, {(0, 1): 2})],
+     [6 / 8, 0.0, NAN], [(1.0 + 0.5) / 2, 0.0, 0.0], True),
+]
+
+
+@pytest.mark.parametrize("case, cms, dataset_iou, seed_iou, warns", ABSENT_CASES, ids=[c[0] for c in ABSENT_CASES])
+def test_absent_class_rules(case, cms, dataset_iou, seed_iou, warns):
+    cms = np.stack(cms)
+    assert same(reduce(METRICS["iou"], cms, "dataset"), dataset_iou)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = reduce(METRICS["iou"], cms, "seed")
+    assert same(value, seed_iou)
+    absent = [w for w in caught if issubclass(w.category, AbsentClassWarning)]
+    assert len(absent) == int(warns)
+    if warns:
+        assert "\n" not in str(absent[0].message)
+    # the class means: dataset leaves NaN out, seed counts every class (the 0s included)
+    assert math.isclose(mean_over_classes(reduce(METRICS["iou"], cms, "dataset")),
+                        np.nanmean(dataset_iou))
+    assert math.isclose(mean_over_classes(value), np.mean(seed_iou))
+
+
+def test_per_image_scores_keep_leaving_absent_classes_out():
+    # dog predicted in an image without dog: NaN for that image, not 0
+    cm = cm_of({(0, 0): 3}, {(0, 2): 1})
+    assert same(iou(cm), [0.75, NAN, NAN]) and same(dice(cm), [6 / 7, NAN, NAN])
+
+
+def test_seed_warning_is_shown_once_per_message_under_default_filters():
+    cms = np.stack(ABSENT_CASES[0][1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(5):
+            reduce(METRICS["iou"], cms, "seed")
+    assert len([w for w in caught if issubclass(w.category, AbsentClassWarning)]) == 1
+
+
+def test_absent_class_rules_in_the_bootstrap():
+    # every replicate of a split without dog scores dog 0 (seed) / leaves it out (dataset),
+    # so the intervals hold the point estimates
+    cms = np.stack([cm_of({(0, 0): 3, (1, 1): 1}, {(0, 2): 1}), cm_of({(0, 0): 2, (1, 1): 2}, {}),
+                    cm_of({(0, 0): 4, (1, 0): 1, (1, 1): 1}, {})])
+    for reduction in ("dataset", "seed"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AbsentClassWarning)
+            point = mean_over_classes(reduce(METRICS["iou"], cms, reduction))
+        lo, hi = bootstrap_ci(METRICS["iou"], cms, reduction, n_boot=200, seed=0)
+        assert lo <= point <= hi, reduction
+    # seed: dog is 0 in every replicate, so the class mean never exceeds 2/3
+    assert bootstrap_ci(METRICS["iou"], cms, "seed", n_boot=200, seed=0)[1] <= 2 / 3 + 1e-12
 
 
 # --- against torchmetrics -------------------------------------------------------------
@@ -225,6 +326,25 @@ def test_dataset_reduction_matches_torchmetrics():
     np.testing.assert_allclose(reduce(METRICS["iou"], cms, "dataset"), tm_iou, rtol=1e-5)
     np.testing.assert_allclose(reduce(METRICS["dice"], cms, "dataset"), tm_dice, rtol=1e-5)
     assert reduce(METRICS["pixel_accuracy"], cms, "dataset") == pytest.approx(tm_acc, rel=1e-5)
+
+
+def test_dataset_reduction_matches_torchmetrics_with_absent_classes():
+    """A class predicted but absent from the ground truth: 0 in both, per class and in the
+    macro mean; a class absent from both: left out of the macro mean by both."""
+    torch = pytest.importorskip("torch")
+    F = pytest.importorskip("torchmetrics.functional.classification")
+    t = np.array([0, 0, 0, 0, 1, 1], np.uint8)
+    kw = dict(num_classes=3)
+    for p in (np.array([0, 2, 0, 0, 1, 0], np.uint8),   # dog predicted, never in the gt
+              np.array([0, 1, 0, 0, 1, 0], np.uint8)):  # dog neither in gt nor predicted
+        cms = confusion_matrix(p, t)[None]
+        pt, tt = torch.from_numpy(p.astype(np.int64)), torch.from_numpy(t.astype(np.int64))
+        for name, fn in (("iou", F.multiclass_jaccard_index), ("dice", F.multiclass_f1_score)):
+            ours = reduce(METRICS[name], cms, "dataset")
+            per_class = fn(pt, tt, average=None, **kw).numpy()
+            scored = ~np.isnan(ours)
+            np.testing.assert_allclose(ours[scored], per_class[scored], rtol=1e-6)
+            assert mean_over_classes(ours) == pytest.approx(float(fn(pt, tt, average="macro", **kw)), rel=1e-6)
 
 
 # --- bootstrap ------------------------------------------------------------------------

@@ -121,36 +121,75 @@ def test_batch_order_and_size_invariance(perturbations, name):
 
 def test_salt_and_pepper_fraction(perturbations):
     spec = perturbations["salt_and_pepper"]
-    # values in 1..254, so every replaced value is a changed value
+    # values in 1..254: a replaced value (0 or 255) is always a changed value, and the
+    # float round trip never makes 0 or 255 of an untouched one
     img = make_images(1, 255, shapes=[(200, 200, 3)])[0]
     for amount in (0.02, 0.10, 0.18):
         (res,) = apply(spec, [img], amount, [7])
-        changed = res != img
-        assert set(np.unique(res[changed]).tolist()) <= {0, 255}
+        changed = (res == 0) | (res == 255)
         assert changed.mean() == pytest.approx(amount, abs=0.005)
         salt = (res[changed] == 255).mean()
         assert salt == pytest.approx(0.5, abs=0.03)
         # per value, not per pixel: the channels of a pixel flip independently
         per_pixel = changed.any(axis=2).mean()
         assert per_pixel == pytest.approx(1 - (1 - amount) ** 3, abs=0.01)
+        # untouched values are the input, or one lower (the seed's truncation)
+        diff = img[~changed].astype(int) - res[~changed]
+        assert set(np.unique(diff).tolist()) == {0, 1}
 
 
-def test_salt_and_pepper_matches_skimage(perturbations):
+#: The 24 grey values that the seed's ``(img_as_float(v) * 255).astype(uint8)`` brings
+#: back one lower (v / 255 * 255 lands just below v in float64).
+TRUNCATED_VALUES = [33, 37, 41, 45, 49, 53, 57, 61, 66, 74, 82, 90, 98, 106, 114, 122,
+                    132, 148, 164, 180, 196, 212, 228, 244]
+
+
+def test_salt_and_pepper_keeps_the_seeds_truncation(perturbations):
+    from skimage.util import img_as_float
+
+    spec = perturbations["salt_and_pepper"]
+    ramp = every_value_image()
+    values = np.arange(256, dtype=np.uint8)
+    seed_lut = (img_as_float(values) * 255).astype(np.uint8)
+    assert np.flatnonzero(seed_lut != values).tolist() == TRUNCATED_VALUES
+    (res,) = apply(spec, [ramp], 0.02, [3])
+    untouched = (res != 0) & (res != 255)
+    np.testing.assert_array_equal(res[untouched], seed_lut[ramp[untouched]])
+    lowered = {int(v) for v in ramp[untouched & (res != ramp)]}
+    assert lowered == set(TRUNCATED_VALUES)  # all 24, and only those
+    # level 0 is the seed's short cut: the image itself, no round trip
+    (clean,) = apply(spec, [ramp], 0, [3])
+    np.testing.assert_array_equal(clean, ramp)
+
+
+@pytest.mark.parametrize("amount", [0.02, 0.04, 0.10, 0.16, 0.18, 1.0])
+def test_salt_and_pepper_is_bit_identical_to_the_seed_formula(perturbations, amount):
+    """Our output == (random_noise(img, mode='s&p', amount=a, rng=<same draws>) * 255)
+    .astype(np.uint8), the seed's robustness_test.py, for the same generator."""
+    from skimage.util import random_noise
+
+    spec = perturbations["salt_and_pepper"]
+    images = make_images(shapes=[(200, 200, 3), (17, 23, 3)], seed=8) + [every_value_image()]
+    seeds = [123, 7, 99]
+    ours = apply(spec, images, amount, seeds)
+    for img, seed, res in zip(images, seeds, ours):
+        ref = random_noise(img, mode="s&p", amount=amount, rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(res, (ref * 255).astype(np.uint8))
+
+
+def test_salt_and_pepper_statistics_match_skimage(perturbations):
     from skimage.util import random_noise
 
     spec = perturbations["salt_and_pepper"]
     img = make_images(1, 255, shapes=[(200, 200, 3)])[0]
     for amount in (0.04, 0.16):
         (ours,) = apply(spec, [img], amount, [123])
-        ref = random_noise(img, mode="s&p", amount=amount, salt_vs_pepper=0.5, rng=np.random.default_rng(456))
-        ref = np.rint(ref * 255).astype(np.uint8)
         # statistics, with independent generators
+        ref = random_noise(img, mode="s&p", amount=amount, salt_vs_pepper=0.5, rng=np.random.default_rng(456))
+        ref = (ref * 255).astype(np.uint8)
         for v in (0, 255):
             assert (ours == v).mean() == pytest.approx((ref == v).mean(), abs=0.005)
         assert (ours != img).mean() == pytest.approx((ref != img).mean(), abs=0.005)
-        # the implementation mirrors skimage draw for draw: same generator, same pixels
-        same_rng = random_noise(img, mode="s&p", amount=amount, salt_vs_pepper=0.5, rng=np.random.default_rng(123))
-        np.testing.assert_array_equal(ours, np.rint(same_rng * 255).astype(np.uint8))
 
 
 # --- occlusion ------------------------------------------------------------------

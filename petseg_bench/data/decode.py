@@ -6,6 +6,7 @@ and lists it, so one bad file never stops the others.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from scipy import ndimage
 
 from ..errors import one_line
 from ..labels import IGNORE as VOID  # void pixels kept as "ignore"
+from ..labels import N_CLASSES
+from .layout import file_problem
 
 VOID_MODES = ("nearest", "ignore")
 TRIMAP_VALUES = {1, 2, 3}  # 1 pet, 2 background, 3 border / unclassified
@@ -30,24 +33,68 @@ class SampleError(Exception):
         self.file = file
 
 
+#: Pillow modes of 16-bit single-channel images (PNG, TIFF, PGM).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+# The warnings filter is process-wide: opening under a lock keeps two prepare workers
+# from restoring each other's filters (header parsing only, so the lock is brief).
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(path: Path, what: str = "image") -> Image.Image:
+    """``Image.open`` on a checked regular file, with decompression bombs refused before
+    any pixel is decoded (PIL checks the header's size at open)."""
+    subject = "" if what == "image" else "mask: "
+    problem = file_problem(path)
+    if problem:  # a directory, FIFO, dangling link or empty file is never opened
+        raise SampleError(subject + problem, what)
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SampleError(f"{subject}refused as a possible decompression bomb, not decoded "
+                          f"({one_line(exc, 120)})", what) from None
+    except UnidentifiedImageError:
+        raise SampleError(f"{subject}not an image file PIL can read", what) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = "truncated or corrupt image" if what == "image" else "mask unreadable"
+        raise SampleError(f"{reason} ({one_line(exc, 120)})", what) from None
+
+
+def _sixteen_to_eight(arr: np.ndarray) -> np.ndarray:
+    """0..65535 to 0..255, rounded (v / 257 is exact at 0, 257, ..., 65535)."""
+    return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """Any image content (JPEG, PNG, GIF, ... whatever the extension says) as HxWx3 uint8.
 
     Grey, palette, RGBA and CMYK images are converted to RGB (alpha dropped, as the
-    seed did). A truncated or corrupt file raises SampleError.
+    seed did). 16-bit grey images are scaled to 8 bits (v / 257, rounded), not clipped.
+    A truncated or corrupt file, a file that is not a regular non-empty file, an image
+    over PIL's decompression-bomb limit and a floating-point image raise SampleError.
     """
+    im = _open(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()  # forces a full decode: a truncated JPEG fails here
-                if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA").convert("RGB")  # drop alpha, keep colours
-                elif im.mode != "RGB":
-                    im = im.convert("RGB")
-                return np.asarray(im, dtype=np.uint8).copy()
-    except UnidentifiedImageError:
-        raise SampleError("not an image file PIL can read") from None
+        with im:
+            im.load()  # forces a full decode: a truncated JPEG fails here
+            if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
+                arr = np.asarray(im)
+                lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+                if lo < 0 or hi > 65535:
+                    raise SampleError(f"32-bit integer image with values {lo}..{hi}: no known range to scale to 8 bits")
+                grey = _sixteen_to_eight(arr)
+                return np.repeat(grey[..., None], 3, axis=2)
+            if im.mode == "F":
+                raise SampleError("floating-point image (mode F): no known range to scale to 8 bits")
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA").convert("RGB")  # drop alpha, keep colours
+            elif im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except SampleError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise SampleError(f"truncated or corrupt image ({one_line(exc, 120)})") from None
 
@@ -58,12 +105,11 @@ def load_mask(path: Path, layout: str, species: int) -> np.ndarray:
     Official trimaps: 1 pet (-> the species' class), 2 background, 3 void. Processed
     labels are already 0/1/2/255. Values outside the layout's set raise SampleError.
     """
+    im = _open(path, "mask")
     try:
-        with Image.open(path) as im:
+        with im:
             im.load()
             arr = np.asarray(im)
-    except UnidentifiedImageError:
-        raise SampleError("mask is not an image file PIL can read", "mask") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise SampleError(f"mask unreadable ({one_line(exc, 120)})", "mask") from None
     if arr.ndim == 3:  # an RGB-saved mask: usable only if its channels agree
@@ -89,7 +135,14 @@ def load_mask(path: Path, layout: str, species: int) -> np.ndarray:
 
 def fill_void(label: np.ndarray, mode: str = "nearest") -> np.ndarray:
     """Void pixels take the class of the nearest valid pixel ("nearest", the seed's
-    choice) or stay 255 and are ignored by losses and metrics ("ignore")."""
+    choice) or stay 255 and are ignored by losses and metrics ("ignore").
+
+    Nearest is Euclidean; when valid pixels of different classes are exactly equally
+    near, the lowest class id wins (background before cat before dog), as the seed's
+    rule and the spec say. One exact distance transform per class present gives, for
+    each void pixel, the squared distance to that class's nearest pixel (integers, so
+    ties are exact); the first class with the smallest distance is taken.
+    """
     if mode == "ignore":
         return label
     if mode != "nearest":
@@ -99,9 +152,20 @@ def fill_void(label: np.ndarray, mode: str = "nearest") -> np.ndarray:
         return label
     if void.all():
         raise SampleError("mask is entirely void", "mask")
-    # Indices of the nearest non-void pixel for every pixel (Euclidean).
-    idx = ndimage.distance_transform_edt(void, return_distances=False, return_indices=True)
-    return label[tuple(idx)]
+    vy, vx = np.nonzero(void)
+    best = np.full(len(vy), np.iinfo(np.int64).max, np.int64)
+    winner = np.zeros(len(vy), np.uint8)
+    for c in range(N_CLASSES):  # ascending: a later class must be strictly nearer to win
+        if not (label == c).any():
+            continue
+        iy, ix = ndimage.distance_transform_edt(label != c, return_distances=False, return_indices=True)
+        d2 = (iy[vy, vx].astype(np.int64) - vy) ** 2 + (ix[vy, vx].astype(np.int64) - vx) ** 2
+        nearer = d2 < best
+        best[nearer] = d2[nearer]
+        winner[nearer] = c
+    out = label.copy()
+    out[vy, vx] = winner
+    return out
 
 
 def load_sample(image_path: Path, mask_path: Path, layout: str, species: int,

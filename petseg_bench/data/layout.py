@@ -14,6 +14,7 @@ Only file names are looked at here; decoding and cleaning live in ``decode``.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,25 @@ class SplitListing:
     samples: list[Sample]
     dropped: list[Dropped]
     absent: list[str]  # names in the split file with neither image nor mask on disk
+
+
+def file_problem(path: Path | str) -> str | None:
+    """Why ``path`` cannot be read as a data file, in a few words, or None when it is a
+    non-empty regular file (symlinks followed). Looks at the metadata only: never opens
+    the file, so a FIFO or a device cannot block or be consumed."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "dangling symlink (its target does not exist)" if os.path.lexists(path) else "file does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "empty file (0 bytes)" if st.st_size == 0 else None
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "something else")
+    return f"is {kind}, not a regular file"
 
 
 def detect_layout(root: Path) -> str:
@@ -98,12 +118,15 @@ def _list_official(root: Path, split: str) -> SplitListing:
     for d in (images_dir, trimaps_dir):
         if not d.is_dir():
             raise DataError(f"folder {d} is missing")
-    images = _stems(images_dir, (".jpg",))
-    trimaps = _stems(trimaps_dir, (".png",))
+    images, bad_images = _stems(images_dir, (".jpg",))
+    trimaps, bad_trimaps = _stems(trimaps_dir, (".png",))
     samples, dropped, absent = [], [], []
     for name, species in _read_list(split_file):
         img, tri = images.get(name), trimaps.get(name)
-        if img and tri:
+        bad = _unusable(root, bad_images.get(name), bad_trimaps.get(name))
+        if bad:
+            dropped.append(Dropped(name, *bad))
+        elif img and tri:
             samples.append(Sample(name, img, tri, species, "official"))
         elif img:
             dropped.append(Dropped(name, _rel(img, root), f"no trimap annotations/trimaps/{name}.png"))
@@ -120,12 +143,15 @@ def _list_processed(root: Path, split: str) -> SplitListing:
     for d in (color, label):
         if not d.is_dir():
             raise DataError(f"folder {d} is missing (processed layout needs {PROCESSED_SPLIT_DIRS[split]}/color and /label)")
-    images = _stems(color, IMAGE_EXTS)
-    labels = _stems(label, (".png",))
+    images, bad_images = _stems(color, IMAGE_EXTS)
+    labels, bad_labels = _stems(label, (".png",))
     samples, dropped = [], []
-    for name in sorted(set(images) | set(labels)):
+    for name in sorted(set(images) | set(labels) | set(bad_images) | set(bad_labels)):
         img, lab = images.get(name), labels.get(name)
-        if img and lab:
+        bad = _unusable(root, bad_images.get(name), bad_labels.get(name))
+        if bad:
+            dropped.append(Dropped(name, *bad))
+        elif img and lab:
             samples.append(Sample(name, img, lab, 0, "processed"))
         elif img:
             dropped.append(Dropped(name, _rel(img, root), "no label PNG"))
@@ -134,14 +160,31 @@ def _list_processed(root: Path, split: str) -> SplitListing:
     return SplitListing(split, samples, dropped, [])
 
 
-def _stems(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
-    out = {}
+def _stems(folder: Path, exts: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, tuple[Path, str]]]:
+    """Usable files by stem, and the unusable ones (a directory, a FIFO, a dangling
+    symlink, an empty file... named like a data file) by stem with the reason.
+    Only metadata is read: nothing here opens a file."""
+    out, bad = {}, {}
     with os.scandir(folder) as it:
         for entry in it:
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() in exts and not entry.name.startswith("."):
-                out[stem] = Path(entry.path)
-    return out
+                problem = file_problem(entry.path)
+                if problem:
+                    bad[stem] = (Path(entry.path), problem)
+                else:
+                    out[stem] = Path(entry.path)
+    return out, bad
+
+
+def _unusable(root: Path, image: tuple[Path, str] | None, mask: tuple[Path, str] | None) -> tuple[str, str] | None:
+    """(path, reason) of a sample whose image or mask file cannot be read, else None."""
+    if image and mask:
+        return _rel(image[0], root), f"{image[1]}; mask {_rel(mask[0], root)}: {mask[1]}"
+    if image or mask:
+        path, reason = image or mask
+        return _rel(path, root), reason
+    return None
 
 
 def _rel(path: Path, root: Path) -> str:

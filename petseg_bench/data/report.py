@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
+from ..errors import DataError, one_line
 from ..labels import CLASS_NAMES, IGNORE
-from .cache import PreparedSplit, prepare_all
-from .layout import detect_layout
+from .cache import PreparedSplit, prepare
+from .layout import SPLITS, detect_layout
 
 SPECIES = {1: "cat", 2: "dog"}
 
@@ -32,14 +33,28 @@ def split_stats(sp: PreparedSplit) -> dict:
 
 
 def check_report(root: Path, void: str = "nearest", cache_dir: Path | None = None) -> tuple[str, bool]:
-    """The report text and whether the data is usable (every split has usable images)."""
+    """The report text and whether the data is usable: the test split has usable images.
+
+    A folder with test images but no usable trainval image (or no trainval split at
+    all) is usable for evaluation: the report says training is not possible. A split
+    that cannot be listed (its split file or folder missing) is reported in one line
+    with the reason, and the other split is still checked."""
     layout = detect_layout(root)
-    splits = prepare_all(root, void=void, cache_dir=cache_dir)
+    splits: dict[str, PreparedSplit] = {}
+    unlisted: dict[str, str] = {}
+    for name in SPLITS:
+        try:
+            splits[name] = prepare(root, name, void=void, cache_dir=cache_dir)
+        except DataError as exc:
+            unlisted[name] = one_line(exc)
     stats = {name: split_stats(sp) for name, sp in splits.items()}
     lines = [f"data root: {root} ({layout} layout), void pixels: {void}", ""]
     lines.append(tabulate(
-        [[n, s["cats"], s["dogs"], s["usable"], s["dropped"], s["absent"]] for n, s in stats.items()],
+        [[n, s["cats"], s["dogs"], s["usable"], s["dropped"], s["absent"]] for n, s in stats.items()]
+        + [[n, "-", "-", 0, "-", "-"] for n in unlisted],
         headers=["split", "cats", "dogs", "usable", "dropped", "listed, not on disk"]))
+    for name, reason in unlisted.items():
+        lines.append(f"{name}: not listed: {reason}")
     for name, sp in splits.items():
         if sp.absent:
             lines.append(f"{name}: {len(sp.absent)} names in the split file have neither image nor mask on disk "
@@ -47,15 +62,24 @@ def check_report(root: Path, void: str = "nearest", cache_dir: Path | None = Non
     dropped = [(name, d) for name, sp in splits.items() for d in sp.dropped]
     lines += ["", f"dropped ({len(dropped)}):" if dropped else "dropped: none"]
     lines += [f"  [{name}] {d.line()}" for name, d in dropped]
-    lines += ["", "label histogram (share of pixels):"]
-    keys = list(CLASS_NAMES) + (["void"] if void == "ignore" else [])
-    lines.append(tabulate([[n] + [f"{s['fractions'][k]:.1%}" for k in keys] for n, s in stats.items()],
-                          headers=["split"] + keys))
-    lines += ["", "image size (min / median / max):"]
-    lines.append(tabulate([[n, "/".join(map(str, s["height"])), "/".join(map(str, s["width"]))] for n, s in stats.items()],
-                          headers=["split", "height", "width"]))
-    usable = all(s["usable"] > 0 for s in stats.values())
+    for name, sp in splits.items():
+        if sp.dropped:
+            lines.append(f"  ({name} list: {sp.dropped_list})")
+    if stats:
+        lines += ["", "label histogram (share of pixels):"]
+        keys = list(CLASS_NAMES) + (["void"] if void == "ignore" else [])
+        lines.append(tabulate([[n] + [f"{s['fractions'][k]:.1%}" for k in keys] for n, s in stats.items()],
+                              headers=["split"] + keys))
+        lines += ["", "image size (min / median / max):"]
+        lines.append(tabulate([[n, "/".join(map(str, s["height"])), "/".join(map(str, s["width"]))]
+                               for n, s in stats.items()], headers=["split", "height", "width"]))
+    n_usable = {name: stats[name]["usable"] if name in stats else 0 for name in SPLITS}
+    usable = n_usable["test"] > 0
+    if n_usable["trainval"] == 0 and usable:
+        lines += ["", "no trainval images: training is not possible; evaluation is"]
     if not usable:
-        empty = [n for n, s in stats.items() if s["usable"] == 0]
-        lines += ["", f"unusable: no usable image in {', '.join(empty)}"]
+        also = "; training is" if n_usable["trainval"] > 0 else ""
+        lines += ["", f"unusable: no usable image in test: evaluation is not possible{also}"]
+        if n_usable["trainval"] == 0:
+            lines.append("no usable image in trainval either")
     return "\n".join(lines), usable

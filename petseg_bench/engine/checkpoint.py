@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..errors import PetsegError, one_line
+from ..errors import PetsegError, one_line, os_error_text
 
 FORMAT = "petseg-bench-checkpoint"
 #: 2: model-specific settings live in ``model_config["options"]``; 1 had them as flat fields.
@@ -23,19 +23,53 @@ FORMAT_VERSION = 2
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically. Weights that are not finite are refused: a diverged
+    model never replaces a good checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = nonfinite(payload.get("state_dict"))
+    if bad[0]:
+        kept = "the previous one is kept" if path.exists() else "nothing was written"
+        raise PetsegError(f"refused to write checkpoint {path}: {describe_nonfinite(bad)}; {kept}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # disk full (torch says RuntimeError), permissions: the old file stays
-        raise PetsegError(f"could not write checkpoint {path} ({one_line(exc, 160)}); the previous one is kept") from None
+        kept = "the previous one is kept" if path.exists() else "nothing was written"
+        raise PetsegError(f"could not write checkpoint {path}: {os_error_text(exc)}; {kept}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def nonfinite(state: Any) -> tuple[int, int, list[str]]:
+    """(non-finite values, all values, names of the tensors holding them) of a state dict;
+    ``(0, n, [])`` when every floating-point value is finite."""
+    if not isinstance(state, dict):
+        return 0, 0, []
+    bad, total, names = 0, 0, []
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.dtype in _FLOATS:
+            total += t.numel()
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad, names = bad + n, names + [name]
+    return (bad, total, names) if bad else (0, total, [])
+
+
+def describe_nonfinite(found: tuple[int, int, list[str]]) -> str:
+    bad, total, names = found
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    return (f"{bad} of {total} weight values are not finite (NaN or inf), in {', '.join(names[:2])}{more}")
 
 
 def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
@@ -56,9 +90,34 @@ def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
         raise PetsegError(f"{path} is not a petseg-bench checkpoint")
     if data.get("format_version", 0) > FORMAT_VERSION:
         raise PetsegError(f"checkpoint {path} has format {data['format_version']}; this petseg-bench reads up to {FORMAT_VERSION}")
+    check_structure(data, path)
     if expect_model is not None and data.get("model") != expect_model:
         raise PetsegError(f"checkpoint {path} is for model {data.get('model')!r}, not {expect_model!r}")
     return data
+
+
+#: What each field of a checkpoint must be (None is allowed where a field is optional).
+FIELD_TYPES = {"model": str, "model_config": dict, "state_dict": dict, "train_config": dict, "loop": dict,
+               "val": dict, "epoch": int, "data_fingerprint": str, "optimizer": dict, "scheduler": dict,
+               "rng": torch.Tensor}
+REQUIRED = ("model", "state_dict")
+
+
+def check_structure(data: dict[str, Any], path: Path) -> None:
+    """One line naming the file when a field is missing or of the wrong type."""
+    for key in REQUIRED:
+        if data.get(key) is None:
+            raise PetsegError(f"checkpoint {path} has no {key!r}: it is damaged or was not written by petseg-bench")
+    for key, kind in FIELD_TYPES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise PetsegError(f"checkpoint {path}: {key!r} is a {type(value).__name__}, not a {kind.__name__}")
+    options = (data.get("model_config") or {}).get("options")
+    if options is not None and not isinstance(options, dict):
+        raise PetsegError(f"checkpoint {path}: 'model_config.options' is a {type(options).__name__}, not a dict")
+    for name, value in data["state_dict"].items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise PetsegError(f"checkpoint {path}: state_dict[{name!r}] is a {type(value).__name__}, not a tensor")
 
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tabulate import tabulate
 
+from ..config import check_seed
 from ..data.cache import prepare
 from ..data.split import limit as limit_positions
+from ..errors import ModelRunError, PetsegError
 from ..labels import CLASS_NAMES
 from ..metrics import REDUCTIONS, summarize
 from ..plugins import get_registry
 from ..provenance import code_version
+from .dropped import note_dropped
 from .inference import clean_batches, inference_on_dataset
 from .predictor import load_predictor
 from .runtime import Runtime
@@ -32,15 +36,29 @@ class EvalJob:
     device: str = "auto"
     seed: int = 0
 
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise PetsegError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise PetsegError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_seed(self.seed)
 
-def evaluate_checkpoint(job: EvalJob) -> dict:
+
+def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda message: None) -> dict:
+    job.validate()
     pr = load_predictor(job.checkpoint, Runtime.choose(job.device, job.precision))
     info = pr.info
     void = (info.get("train_config") or {}).get("void", "nearest")
     test = prepare(job.data_root, "test", void, job.cache_dir)
+    if len(test) == 0:
+        raise PetsegError(f"test split at {job.data_root} has no usable image")
+    note_dropped(test, log)
     positions = limit_positions(np.arange(len(test)), job.limit, job.seed)
     t0 = time.perf_counter()
-    cms = inference_on_dataset({"m": pr}, clean_batches(test, positions, {"m": pr}, job.batch_size))["m"]
+    try:
+        cms = inference_on_dataset({"m": pr}, clean_batches(test, positions, {"m": pr}, job.batch_size))["m"]
+    except ModelRunError as exc:
+        raise exc.at(f"evaluating {job.checkpoint} on the test split") from None
     seconds = time.perf_counter() - t0
     return {
         "model": info["model"],

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import write_text_atomic
-from ..errors import PetsegError
+from ..errors import ModelRunError, PetsegError, write_error
 from ..metrics import dice, iou, mean_over_classes, reduce
 from ..specs import MetricSpec
 from . import checkpoint
@@ -28,6 +28,24 @@ from .train_loop import HookBase, TrainLoop
 _IOU, _DICE = MetricSpec("iou", iou, per_class=True), MetricSpec("dice", dice, per_class=True)
 
 
+class FiniteWeights(HookBase):
+    """Stop, keeping the last good checkpoint, when an epoch left weights that are not
+    finite (a learning rate far too high): nothing is validated, logged or saved from it."""
+
+    def after_epoch(self, loop: TrainLoop) -> None:
+        ctx = loop.ctx
+        bad = checkpoint.nonfinite(trainable_state(ctx.spec, ctx.model))
+        if bad[0]:
+            raise PetsegError(f"{ctx.name}: training diverged at epoch {loop.state.epoch} "
+                              f"(--lr {ctx.cfg.lr:g} too high?): {checkpoint.describe_nonfinite(bad)}; "
+                              f"stopped ({kept_checkpoint(ctx)})")
+
+
+def kept_checkpoint(ctx) -> str:
+    """What a stopped training leaves: the last good checkpoint, if any."""
+    return f"last good checkpoint kept: {ctx.last_path}" if ctx.last_path.exists() else "no checkpoint was written yet"
+
+
 class Validation(HookBase):
     """Validation mIoU / mDice (dataset reduction; mIoU seed too) after segmentation epochs."""
 
@@ -36,7 +54,10 @@ class Validation(HookBase):
         if ctx.phases[loop.state.phase].loss != "segmentation":
             return
         batches = clean_batches(ctx.prepared, ctx.val_pos, {ctx.name: ctx.predictor}, ctx.cfg.batch_size)
-        cms = inference_on_dataset({ctx.name: ctx.predictor}, batches)[ctx.name]
+        try:
+            cms = inference_on_dataset({ctx.name: ctx.predictor}, batches)[ctx.name]
+        except ModelRunError as exc:
+            raise exc.at(f"validating after epoch {loop.state.epoch}") from None
         loop.row.update(val_miou=round(mean_over_classes(reduce(_IOU, cms, "dataset")), 6),
                         val_mdice=round(mean_over_classes(reduce(_DICE, cms, "dataset")), 6),
                         val_miou_seed=round(mean_over_classes(reduce(_IOU, cms, "seed")), 6))
@@ -101,16 +122,23 @@ class JsonlLog(HookBase):
         if not self.path.exists():
             return
         if loop.state.epoch == 0:
-            self.path.unlink()  # a fresh run starts a fresh log
+            try:
+                self.path.unlink()  # a fresh run starts a fresh log
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
             return
-        keep = [line for line in self.path.read_text().splitlines() if _epoch_of(line) <= loop.state.epoch]
+        keep = [line for line in self.path.read_text(errors="replace").splitlines()
+                if _epoch_of(line) <= loop.state.epoch]
         write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def after_record(self, loop: TrainLoop) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(loop.row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(loop.row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # a half-written line is dropped on resume (past last.pt's epoch)
+            raise write_error(self.path, exc) from None
 
 
 def _epoch_of(line: str) -> int:

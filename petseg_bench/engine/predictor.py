@@ -18,7 +18,7 @@ import torch
 from ..backbones import Backbone, FeatureCache, load_backbone
 from ..data.clicks import eval_click
 from ..data.letterbox import Letterbox
-from ..errors import PetsegError
+from ..errors import ModelRunError, PetsegError
 from ..plugins import get_registry
 from ..specs import ModelConfig, ModelSpec
 from . import checkpoint
@@ -72,15 +72,20 @@ class Predictor:
         if self.model.training:  # the training loop validates between epochs: never in train mode
             self.model.eval()
         images_u8 = images_u8.to(rt.device, non_blocking=True)
-        inputs = model_inputs(self.spec, images_u8, points, self.backbone, cache or FeatureCache(), rt.autocast)
-        outs = []
-        for start in range(0, images_u8.shape[0], self.slice_size):
-            part = {k: v[start:start + self.slice_size] for k, v in inputs.items()}
-            n = len(part["image"])
-            if self.pad_to and n < self.pad_to:
-                part = {k: _pad(v, self.pad_to) for k, v in part.items()}
-            with rt.autocast():
-                outs.append(self.forward(**part)[:n].float())
+        try:
+            inputs = model_inputs(self.spec, images_u8, points, self.backbone, cache or FeatureCache(), rt.autocast)
+            outs = []
+            for start in range(0, images_u8.shape[0], self.slice_size):
+                part = {k: v[start:start + self.slice_size] for k, v in inputs.items()}
+                n = len(part["image"])
+                if self.pad_to and n < self.pad_to:
+                    part = {k: _pad(v, self.pad_to) for k, v in part.items()}
+                with rt.autocast():
+                    outs.append(self.forward(**part)[:n].float())
+        except PetsegError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's forward (or backbone) failing: one line naming it
+            raise ModelRunError.from_exception(self.spec.name, exc) from None
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def predict(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
@@ -126,16 +131,26 @@ def trainable_state(spec: ModelSpec, model: torch.nn.Module) -> dict[str, torch.
 
 
 def load_weights(spec: ModelSpec, model: torch.nn.Module, state: dict, path: Path) -> None:
+    """``state`` into ``model``, or one line naming the file: no weights, weights of
+    another shape or model, or weights that are not finite (a diverged training)."""
     if not isinstance(state, dict):
         raise PetsegError(f"checkpoint {path} has no weights (state_dict is {type(state).__name__})")
+    bad = checkpoint.nonfinite(state)
+    if bad[0]:
+        raise PetsegError(f"checkpoint {path} is unusable: {checkpoint.describe_nonfinite(bad)}")
     try:
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes that do not fit
-        raise PetsegError(f"checkpoint {path} does not fit model {spec.name}: {str(exc).splitlines()[-1].strip()}") from None
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:  # shapes that do not fit, odd values
+        raise PetsegError(f"checkpoint {path} does not fit model {spec.name}: {_last_line(exc)}") from None
     missing = [k for k in result.missing_keys if not k.startswith(spec.frozen or ("\0",))]
     if missing or result.unexpected_keys:
-        bad = (missing + list(result.unexpected_keys))[:4]
-        raise PetsegError(f"checkpoint {path} does not fit model {spec.name}: mismatched weights {', '.join(bad)}")
+        bad_keys = (missing + list(result.unexpected_keys))[:4]
+        raise PetsegError(f"checkpoint {path} does not fit model {spec.name}: mismatched weights {', '.join(bad_keys)}")
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def load_predictor(path: Path, runtime: Runtime | None = None, expect_model: str | None = None,
@@ -143,7 +158,10 @@ def load_predictor(path: Path, runtime: Runtime | None = None, expect_model: str
     """Checkpoint -> a Predictor: weights loaded, BatchNorm folded into the convolutions,
     the frozen backbone (if any) attached; ``info`` holds the checkpoint's metadata."""
     data = checkpoint.load(path, expect_model)
-    spec = get_registry().get("model", data.get("model"))
+    try:
+        spec = get_registry().get("model", data.get("model"))
+    except PetsegError as exc:
+        raise PetsegError(f"checkpoint {path}: {exc}") from None
     config = checkpoint.model_config(data, spec, Path(path))
     runtime = runtime or Runtime.choose()
     model = build_model(spec, config, runtime)

@@ -57,3 +57,10 @@ class Runtime:
         else:
             name = f"CPU, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
         return f"{self.device.type} ({name}), {self.precision}"
+
+    def device_kind(self) -> str:
+        """What decides the numbers a device computes: the GPU model, or the CPU's vector
+        instructions (not the thread count, nor which of two equal GPUs)."""
+        if self.device.type == "cuda":
+            return f"cuda ({torch.cuda.get_device_name(self.device)})"
+        return f"{self.device.type} ({torch.backends.cpu.get_cpu_capability()})"

@@ -20,19 +20,26 @@ import numpy as np
 
 from ..data.cache import prepare
 from ..data.split import limit as limit_positions
-from ..errors import PetsegError
+from ..config import check_seed
+from ..errors import ModelRunError, PetsegError
 from ..perturbation import perturb
 from ..plugins import get_registry
-from ..provenance import code_version, file_sha256, hardware, package_versions
+from ..provenance import code_version, file_sha256, hardware, hardware_info, package_versions
 from ..results import CLEAN, RUN_FILE, Cell, read_cell, read_run, write_cell, write_run
 from ..specs import PerturbationSpec
+from .dropped import note_dropped
 from .inference import inference_on_dataset, make_batch, prefetch
+from .lock import folder_lock
 from .predictor import Predictor, load_predictor
 from .runtime import Runtime
 
-# run.json keys that must match for --resume to reuse finished cells.
+# run.json keys that must match for --resume to reuse finished cells. The runtime is among
+# them: bf16 and fp32 (or another GPU model, or compiled kernels) give other logits, and
+# near ties flip pixels, so cells computed under two runtimes would mix two results.
 RESUME_KEYS = ("models", "perturbations", "levels", "seed", "limit", "void", "image_ids", "data_fingerprint",
-               "checkpoints", "perturbation_params")
+               "checkpoints", "perturbation_params", "precision", "device", "batch_size", "compile")
+#: Sub-folders of a run folder whose stale temporary files a new writer removes.
+RUN_FOLDERS = ("", "cells/*", "plots")
 
 
 def parse_levels(text: str | None, n_levels: int = 10) -> list[int]:
@@ -80,6 +87,18 @@ class SweepPlan:
     compile: bool = False  # torch.compile each model: pays on long sweeps, costs a cold start
     extra: dict = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """One line for a plan that cannot run, before anything is written."""
+        check_seed(self.seed)
+        if self.limit is not None and self.limit < 1:
+            raise PetsegError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise PetsegError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.models:
+            raise PetsegError("--models selects no model")
+        if not self.perturbations:
+            raise PetsegError("--perturbations selects no perturbation")
+
 
 @dataclass
 class SweepJob:
@@ -109,9 +128,11 @@ class SweepData:
 
 
 def run_sweep(job: SweepJob, progress: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run (or finish) a sweep into ``job.run_dir``; returns the run record (run.json)."""
+    """Run (or finish) a sweep into ``job.run_dir``; returns the run record (run.json).
+    Everything is checked before the first write, under the run folder's lock."""
     t_start = time.perf_counter()
     plan = job.plan
+    plan.validate()
     pert_specs = perturbation_specs(plan)
     levels = levels_of(plan, pert_specs)
     ckpts = checkpoint_paths(plan.models, job.checkpoints_dir)
@@ -119,42 +140,52 @@ def run_sweep(job: SweepJob, progress: bool = False, log: Callable[[str], None] 
     test = prepare(job.data_root, "test", plan.void, job.cache_dir)
     if len(test) == 0:
         raise PetsegError(f"test split at {job.data_root} has no usable image")
+    note_dropped(test, log)
     positions = limit_positions(np.arange(len(test)), plan.limit, plan.seed)
     ids = [test.names[int(p)] for p in positions]
-    record = merge_resume(job, base_record(plan, test.fingerprint, ids, ckpts, pert_specs))
-    record.update(batch_size=plan.batch_size, compile=plan.compile, code_version=code_version(),
-                  packages=package_versions(), hardware=hardware(), runtime=runtime.describe(),
-                  started=record.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  **plan.extra)
-    predictors = {m: load_predictor(path, runtime, expect_model=m) for m, path in ckpts.items()}
-    if plan.compile:
-        for pr in predictors.values():
-            pr.compile(plan.batch_size)
-    record["model_info"] = {m: model_info(pr, ckpts[m], record["checkpoints"][m]) for m, pr in predictors.items()}
-    write_run(job.run_dir, record)
+    with folder_lock(job.run_dir, RUN_FOLDERS, log):
+        record = merge_resume(job, base_record(plan, test.fingerprint, ids, ckpts, pert_specs, runtime))
+        predictors = {m: load_predictor(path, runtime, expect_model=m) for m, path in ckpts.items()}
+        record.update(code_version=code_version(), packages=package_versions(), hardware=hardware(), hardware_info=hardware_info(),
+                      runtime=runtime.describe(),
+                      started=record.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      **plan.extra)
+        if plan.compile:
+            for pr in predictors.values():
+                pr.compile(plan.batch_size)
+        record["model_info"] = {m: model_info(pr, ckpts[m], record["checkpoints"][m]) for m, pr in predictors.items()}
+        write_run(job.run_dir, record)
+        data = SweepData([test.image(int(p)) for p in positions], [test.label(int(p)) for p in positions], ids,
+                         predictors, pert_specs, plan.seed, plan.batch_size)
+        n_cells, compute_s = compute_cells(job, data, levels, progress, log)
+        record["cells_computed"] = n_cells
+        record["image_levels_per_s"] = round(n_cells * len(ids) / compute_s, 2) if n_cells else None
+        record["wall_seconds"] = round(time.perf_counter() - t_start + record.get("wall_seconds_before", 0.0), 1)
+        record["wall_seconds_before"] = record["wall_seconds"]
+        write_run(job.run_dir, record)
+    return record
 
-    todo, n_done = cells_left(plan, levels, job.run_dir, ids)
+
+def compute_cells(job: SweepJob, data: SweepData, levels: dict[str, list[int]], progress: bool,
+                  log: Callable[[str], None]) -> tuple[int, float]:
+    """Compute and write every unfinished cell; (cells computed, seconds)."""
+    todo, n_done = cells_left(job.plan, levels, job.run_dir, data.ids)
     n_cells = sum(len(v) for v in todo.values())
     if n_done:
         log(f"resume: {n_done} finished cells kept, {n_cells} to compute")
-    data = SweepData([test.image(int(p)) for p in positions], [test.label(int(p)) for p in positions], ids,
-                     predictors, pert_specs, plan.seed, plan.batch_size)
-    bar = _bar(progress, n_cells * len(ids))
+    bar = _bar(progress, n_cells * len(data.ids))
     t_compute = time.perf_counter()
     for (pert, level), models in todo.items():
-        mats = run_group(data, pert, level, models, bar.update if bar else None)
-        value = 0.0 if pert == CLEAN else pert_specs[pert].levels[level]
+        try:
+            mats = run_group(data, pert, level, models, bar.update if bar else None)
+        except ModelRunError as exc:
+            raise exc.at(f"in cell ({pert}, level {level})") from None
+        value = 0.0 if pert == CLEAN else data.perturbations[pert].levels[level]
         for m in models:
-            write_cell(job.run_dir, Cell(m, pert, level), ids, mats[m], value)
+            write_cell(job.run_dir, Cell(m, pert, level), data.ids, mats[m], value)
     if bar is not None:
         bar.close()
-    compute_s = time.perf_counter() - t_compute
-    record["cells_computed"] = n_cells
-    record["image_levels_per_s"] = round(n_cells * len(ids) / compute_s, 2) if n_cells else None
-    record["wall_seconds"] = round(time.perf_counter() - t_start + record.get("wall_seconds_before", 0.0), 1)
-    record["wall_seconds_before"] = record["wall_seconds"]
-    write_run(job.run_dir, record)
-    return record
+    return n_cells, time.perf_counter() - t_compute
 
 
 def perturbation_specs(plan: SweepPlan) -> dict[str, PerturbationSpec]:
@@ -174,14 +205,16 @@ def levels_of(plan: SweepPlan, specs: dict[str, PerturbationSpec]) -> dict[str, 
 
 
 def base_record(plan: SweepPlan, fingerprint: str, ids: list[str], ckpts: dict[str, Path],
-                pert_specs: dict[str, PerturbationSpec]) -> dict:
-    """The run record's keys that a resume must match."""
+                pert_specs: dict[str, PerturbationSpec], runtime: Runtime) -> dict:
+    """The run record's keys that a resume must match (the runtime resolved: never "auto")."""
     return {
         "models": plan.models, "perturbations": plan.perturbations, "levels": plan.levels, "seed": plan.seed,
         "limit": plan.limit, "void": plan.void, "image_ids": ids, "data_fingerprint": fingerprint,
         "checkpoints": {m: file_sha256(p) for m, p in ckpts.items()},
         # A plugin that changed its level values makes old cells stale.
         "perturbation_params": {p: {"param": s.param, "values": list(s.levels)} for p, s in pert_specs.items()},
+        "precision": runtime.precision, "device": runtime.device_kind(), "batch_size": plan.batch_size,
+        "compile": plan.compile,
     }
 
 
@@ -192,11 +225,23 @@ def merge_resume(job: SweepJob, record: dict) -> dict:
     saved = read_run(job.run_dir)
     if not job.resume:
         raise PetsegError(f"{job.run_dir} already holds a run; pass --resume to finish it, or choose another --out")
-    diff = [k for k in RESUME_KEYS if _canonical(k, saved.get(k)) != _canonical(k, record[k])]
+    old = {**_runtime_of_old_record(saved, record), **saved}
+    diff = [k for k in RESUME_KEYS if _canonical(k, old.get(k)) != _canonical(k, record[k])]
     if diff:
-        detail = "; ".join(_describe_diff(k, saved.get(k), record[k]) for k in diff[:3])
+        detail = "; ".join(_describe_diff(k, old.get(k), record[k]) for k in diff[:3])
         raise PetsegError(f"--resume: {job.run_dir} was made with another configuration ({detail})")
     return {**saved, **record}
+
+
+def _runtime_of_old_record(saved: dict, record: dict) -> dict:
+    """Precision and device of a run.json written before they were resume keys, read from
+    its ``runtime`` line ("cpu (CPU, 2 threads, AVX2), fp32"): that line names the device
+    type only, so only the type is compared."""
+    text = saved.get("runtime")
+    if not isinstance(text, str) or ", " not in text:
+        return {}
+    device = record["device"] if text.split(" ", 1)[0] == record["device"].split(" ", 1)[0] else text.split(" ", 1)[0]
+    return {"precision": text.rsplit(", ", 1)[1], "device": device}
 
 
 def model_info(pr: Predictor, path: Path, sha: str) -> dict:

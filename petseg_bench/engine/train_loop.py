@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..backbones import FeatureCache
 from ..data.datasets import sample_seed
-from ..errors import PetsegError
+from ..errors import ModelRunError, PetsegError, one_line
 from .inputs import model_inputs
 from .losses import reconstruction_loss, segmentation_loss
 
@@ -45,6 +45,15 @@ class TrainState:
     def from_dict(cls, data: dict[str, Any]) -> "TrainState":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check(self) -> None:
+        """ValueError when a field has the wrong type (a damaged or hand-edited last.pt)."""
+        for name in ("epoch", "phase", "epoch_in_phase", "bad_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"loop.{name} is {value!r}")
+        if not isinstance(self.best, (int, float)) or not isinstance(self.history, list):
+            raise ValueError("loop.best or loop.history has the wrong type")
 
 
 class HookBase:
@@ -96,14 +105,18 @@ class TrainLoop:
         ctx = self.ctx
         if len(ctx.phases) > 1:
             ctx.model.set_phase(ctx.phases[self.state.phase].name)
-        self.opt = make_optimizer(ctx.cfg, ctx.model.parameters())
+        self.opt = make_optimizer(ctx.cfg, param_groups(ctx.model, ctx.spec.lr_scales, ctx.cfg.lr))
         self.sched = make_scheduler(ctx.cfg, self.opt)
         if self._resumed_optim is not None:
             opt_state, sched_state = self._resumed_optim
-            if opt_state:
-                self.opt.load_state_dict(opt_state)
-            if self.sched is not None and sched_state:
-                self.sched.load_state_dict(sched_state)
+            try:
+                if opt_state:
+                    self.opt.load_state_dict(opt_state)
+                if self.sched is not None and sched_state:
+                    self.sched.load_state_dict(sched_state)
+            except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+                raise PetsegError(f"--resume: the optimiser state in {ctx.last_path} does not fit this model "
+                                  f"({type(exc).__name__}: {one_line(exc, 160)})") from None
             self._resumed_optim = None
 
     def train_epoch(self, loss_kind: str) -> None:
@@ -128,6 +141,30 @@ class TrainLoop:
 
     def step(self, batch: dict, loss_kind: str, index: int) -> float:
         ctx = self.ctx
+        try:
+            loss = self.forward_loss(batch, loss_kind)
+        except PetsegError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's forward failing: one line naming it and where
+            raise ModelRunError.from_exception(ctx.name, exc).at(
+                f"training at epoch {self.state.epoch + 1} step {index + 1}") from None
+        if not torch.isfinite(loss):
+            kept = f"last good checkpoint kept: {ctx.last_path}" if ctx.last_path.exists() else "no checkpoint was written yet"
+            raise PetsegError(f"{ctx.name}: loss is {loss.item()} at epoch {self.state.epoch + 1} step {index + 1}; "
+                              f"stopped ({kept})")
+        self.opt.zero_grad(set_to_none=True)
+        try:
+            loss.backward()
+        except Exception as exc:  # noqa: BLE001 - a plugin's backward failing
+            raise ModelRunError.from_exception(ctx.name, exc).at(
+                f"training (backward) at epoch {self.state.epoch + 1} step {index + 1}") from None
+        if ctx.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in ctx.model.parameters() if p.requires_grad], ctx.cfg.grad_clip)
+        self.opt.step()
+        return loss.item()
+
+    def forward_loss(self, batch: dict, loss_kind: str) -> torch.Tensor:
+        ctx = self.ctx
         device = ctx.runtime.device
         inputs = model_inputs(ctx.spec, batch["image"].to(device), batch["point"].to(device), ctx.backbone,
                               FeatureCache(), ctx.runtime.autocast)
@@ -135,23 +172,23 @@ class TrainLoop:
         with ctx.runtime.autocast():
             out = ctx.model(**inputs)
         if loss_kind == "reconstruction":
-            loss = reconstruction_loss(out, inputs["image"])
-        else:
-            loss = segmentation_loss(out, target, ctx.class_weights, ctx.ce_weight, ctx.dice_weight)
-        if not torch.isfinite(loss):
-            kept = f"last good checkpoint kept: {ctx.last_path}" if ctx.last_path.exists() else "no checkpoint was written yet"
-            raise PetsegError(f"{ctx.name}: loss is {loss.item()} at epoch {self.state.epoch + 1} step {index + 1}; "
-                              f"stopped ({kept})")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if ctx.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in ctx.model.parameters() if p.requires_grad], ctx.cfg.grad_clip)
-        self.opt.step()
-        return loss.item()
+            return reconstruction_loss(out, inputs["image"])
+        return segmentation_loss(out, target, ctx.class_weights, ctx.ce_weight, ctx.dice_weight)
+
+
+def param_groups(model: torch.nn.Module, lr_scales, lr: float) -> list[dict]:
+    """Trainable parameters grouped by learning rate: ``lr`` times the scale of the first
+    prefix of ``lr_scales`` a parameter's name starts with, else ``lr``."""
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((s for prefix, s in lr_scales.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(scale, []).append(p)
+    return [{"params": ps, "lr": lr * s} for s, ps in groups.items()]
 
 
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """The configured optimiser over ``params`` (parameter groups may carry their own lr)."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":

@@ -22,11 +22,13 @@ from ..data.cache import PreparedSplit, prepare
 from ..data.clicks import EVAL_CLICK_RULE
 from ..data.datasets import LetterboxedSet
 from ..data.split import limit, validation_split
-from ..errors import PetsegError
+from ..errors import PetsegError, one_line, write_error
 from ..plugins import get_registry
 from ..provenance import code_version
 from ..specs import ModelConfig, ModelSpec, Phase
 from . import checkpoint, hooks
+from .dropped import note_dropped
+from .lock import folder_lock
 from .predictor import Predictor, attach_backbone, build_model, load_weights
 from .runtime import Runtime
 from .train_loop import TrainLoop, TrainState
@@ -49,6 +51,7 @@ class TrainJob:
     resume: bool = False
     cache_dir: Path | None = None
     wandb: bool = False
+    overwrite: bool = False  # replace a previous run of this model in out_dir
 
 
 @dataclass
@@ -104,39 +107,78 @@ def phase_epochs(total: int, fractions: list[float]) -> list[int]:
 
 def train(job: TrainJob, log: Callable[[str], None] = print, progress: bool = False,
           on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:
-    ctx = setup(job, progress)
-    if sum(ctx.budget) != job.cfg.epochs:
-        log(f"{job.model}: {len(ctx.phases)} training phases need at least one epoch each; "
-            f"running {sum(ctx.budget)} epochs, not {job.cfg.epochs}")
-    state, optim = resume_state(ctx, job.resume, log)
-    if state.done:
-        log(f"{job.model}: already finished ({state.epoch} epochs); nothing to do")
-    loop_hooks = [hooks.Validation(), hooks.TrackBest(), hooks.EarlyStopping(job.cfg.patience),
-                  hooks.BestCheckpoint(), hooks.JsonlLog(ctx.log_path), hooks.LastCheckpoint(), hooks.Console(log)]
-    if job.wandb:
-        loop_hooks.append(hooks.WandB(job.model, ctx.meta))
-    if on_epoch_end is not None:
-        loop_hooks.append(hooks.EpochCallback(on_epoch_end))
-    baseline = hooks.all_background_miou(ctx.prepared, ctx.val_pos)
-    TrainLoop(ctx, state, loop_hooks, optim).run()
-    if not ctx.best_path.is_file():
-        raise PetsegError(f"{job.model}: no segmentation epoch finished, so there is no best checkpoint")
+    """Train ``job`` into ``OUT/<model>``, holding that folder's lock throughout."""
+    if job.resume and job.overwrite:
+        raise PetsegError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    with folder_lock(Path(job.out_dir) / job.model, log=log):
+        refuse_existing_run(job)
+        ctx = setup(job, progress, log)
+        if sum(ctx.budget) != job.cfg.epochs:
+            log(f"{job.model}: {len(ctx.phases)} training phases need at least one epoch each; "
+                f"running {sum(ctx.budget)} epochs, not {job.cfg.epochs}")
+        state, optim = resume_state(ctx, job.resume, log)
+        if state.done:
+            log(f"{job.model}: already finished ({state.epoch} epochs); nothing to do")
+        if job.overwrite:
+            remove_run(ctx, log)
+        loop_hooks = [hooks.FiniteWeights(), hooks.Validation(), hooks.TrackBest(), hooks.EarlyStopping(job.cfg.patience),
+                      hooks.BestCheckpoint(), hooks.JsonlLog(ctx.log_path), hooks.LastCheckpoint(), hooks.Console(log)]
+        if job.wandb:
+            loop_hooks.append(hooks.WandB(job.model, ctx.meta))
+        if on_epoch_end is not None:
+            loop_hooks.append(hooks.EpochCallback(on_epoch_end))
+        baseline = hooks.all_background_miou(ctx.prepared, ctx.val_pos)
+        TrainLoop(ctx, state, loop_hooks, optim).run()
+        if not ctx.best_path.is_file():
+            raise PetsegError(f"{job.model}: no segmentation epoch finished, so there is no best checkpoint")
     speeds = [r["images_per_s"] for r in state.history if "images_per_s" in r]
     return TrainResult(job.model, ctx.best_path, ctx.last_path, state.best, baseline, state.epoch,
                        float(np.median(speeds)) if speeds else float("nan"), state.history)
 
 
-def setup(job: TrainJob, progress: bool) -> TrainContext:
+#: The files of one model's training run in OUT/<model>.
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl")
+
+
+def refuse_existing_run(job: TrainJob) -> None:
+    """A run of this model in OUT is continued (--resume) or replaced (--overwrite), never
+    overwritten silently."""
+    run_dir = Path(job.out_dir) / job.model
+    found = [n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()]
+    if found and not (job.resume or job.overwrite):
+        raise PetsegError(f"{run_dir} already holds a run of {job.model} ({', '.join(found)}): pass --resume to "
+                          f"continue it, --overwrite to replace it, or choose another --out")
+
+
+def remove_run(ctx: "TrainContext", log: Callable[[str], None]) -> None:
+    """--overwrite: the previous run's files go just before training starts (so a
+    mistake in the options or the data, caught earlier, leaves them in place)."""
+    gone = []
+    for name in RUN_FILES:
+        path = ctx.run_dir / name
+        if path.is_file():
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise write_error(path, exc, "(remove)") from None
+            gone.append(name)
+    if gone:
+        log(f"{ctx.name}: --overwrite: removed the previous {', '.join(gone)} in {ctx.run_dir}")
+
+
+def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print) -> TrainContext:
     """Data, split, model, backbone and checkpoint metadata of a training job."""
     cfg = job.cfg
     cfg.validate()
     spec = get_registry().get("model", job.model)
     mcfg = spec.config(job.model_fields, job.model_options, job.profile)
+    check_loss_weights(spec, cfg)
     runtime = Runtime.choose(cfg.device, cfg.precision)
     torch.set_float32_matmul_precision("high")
     prepared = prepare(job.data_root, "trainval", cfg.void, job.cache_dir, progress=progress)
     if len(prepared) < 2:
         raise PetsegError(f"trainval split at {job.data_root} has {len(prepared)} usable images; need at least 2")
+    note_dropped(prepared, log)
     train_pos, val_pos = validation_split(prepared.species, cfg.val_fraction, cfg.seed)
     train_pos, val_pos = limit(train_pos, cfg.limit, cfg.seed), limit(val_pos, cfg.val_limit, cfg.seed)
     backbone = attach_backbone(spec, mcfg)
@@ -151,10 +193,18 @@ def setup(job: TrainJob, progress: bool) -> TrainContext:
         "eval_click_rule": EVAL_CLICK_RULE if "point" in spec.inputs else None,
     }
     run_dir = Path(job.out_dir) / job.model
-    run_dir.mkdir(parents=True, exist_ok=True)
     train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=True, clicks="train", seed=cfg.seed)
     return TrainContext(job.model, spec, mcfg, cfg, runtime, model, backbone, prepared, train_set, val_pos, meta,
                         run_dir, _progress_bar if progress else (lambda it, desc: it))
+
+
+def check_loss_weights(spec: ModelSpec, cfg: TrainConfig) -> None:
+    """A segmentation phase with both loss weights at 0 would train on nothing."""
+    ce = spec.loss.ce if cfg.ce_weight is None else cfg.ce_weight
+    dice = spec.loss.dice if cfg.dice_weight is None else cfg.dice_weight
+    if ce == 0 and dice == 0 and any(p.loss == "segmentation" for p in spec.phases):
+        raise PetsegError(f"--ce-weight {ce:g} and --dice-weight {dice:g} leave model {spec.name} no loss to "
+                          "train on; give one of them a weight > 0")
 
 
 def _progress_bar(iterable: Iterable, desc: str) -> Iterable:
@@ -183,8 +233,13 @@ def resume_state(ctx: TrainContext, resume: bool, log: Callable[[str], None]) ->
         raise PetsegError(f"--resume: {ctx.last_path} was trained on other data "
                           f"(fingerprint {saved.get('data_fingerprint')} != {ctx.meta['data_fingerprint']})")
     load_weights(ctx.spec, ctx.model, saved["state_dict"], ctx.last_path)
-    torch.set_rng_state(saved["rng"])
-    state = TrainState.from_dict(saved["loop"])
+    try:
+        torch.set_rng_state(saved["rng"])
+        state = TrainState.from_dict(saved["loop"])
+        state.check()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise PetsegError(f"--resume: {ctx.last_path} holds a damaged training state "
+                          f"({type(exc).__name__}: {one_line(exc, 120)})") from None
     log(f"{ctx.name}: resuming after epoch {state.epoch}")
     return state, (saved.get("optimizer"), saved.get("scheduler"))
 

@@ -1,0 +1,90 @@
+"""The U-Net on a pretrained EfficientNet-Lite encoder, per-prefix learning rates, and the
+unlabelled-image reader (which must refuse any test-split name)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from petseg_bench.data.unlabelled import UnlabelledSet, read_unlabelled
+from petseg_bench.engine.train_loop import param_groups
+from petseg_bench.errors import DataError, PetsegError
+from petseg_bench.plugins import get_registry
+from petseg_bench_models.efficientnet import build_encoder
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return get_registry().get("model", "effnet_unet")
+
+
+def test_builds_and_returns_logits_at_the_input_size(spec):
+    config = spec.config({"in_size": 64}, {"weights": "none"})
+    model = spec.build(config).eval()
+    with torch.no_grad():
+        out = model(image=torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 3, 64, 64)
+    assert spec.mean == spec.std == (0.5, 0.5, 0.5)  # the encoder's own input scaling, as data
+    assert config.in_size == 64 and spec.config().in_size == 224  # its default size, the profile's when given
+
+
+def test_imagenet_encoder_weights_are_the_wheels(spec):
+    model = spec.build(spec.config({"in_size": 64}))
+    reference = build_encoder("lite0", "imagenet").state_dict()
+    own = model.encoder.state_dict()
+    assert own.keys() == reference.keys()
+    assert all(torch.equal(own[k], reference[k]) for k in own)
+
+
+def test_encoder_learns_at_its_scaled_rate(spec):
+    model = spec.build(spec.config({"in_size": 64}, {"weights": "none"}))
+    groups = param_groups(model, spec.lr_scales, 1e-3)
+    by_lr = {round(g["lr"], 9): sum(p.numel() for p in g["params"]) for g in groups}
+    n_encoder = sum(p.numel() for p in model.encoder.parameters())
+    n_all = sum(p.numel() for p in model.parameters())
+    assert by_lr == {3e-4: n_encoder, 1e-3: n_all - n_encoder}
+    # without scales, one group in the model's parameter order (what a resume's optimizer state expects)
+    (only,) = param_groups(model, {}, 1e-3)
+    assert [id(p) for p in only["params"]] == [id(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"decoder": "1,2,3"}, "5 positive widths"),
+    ({"decoder": "a,b,c,d,e"}, "comma-separated"),
+    ({"drop_path": 1.5}, "drop_path"),
+    ({"encoder": "lite9"}, "must be one of"),
+])
+def test_bad_options_are_one_line(spec, options, needle):
+    with pytest.raises(PetsegError, match=needle) as info:
+        spec.config({"in_size": 64}, options)
+    assert "\n" not in str(info.value)
+
+
+def _unlabelled(tmp_path, names, test_names=()):
+    root, data = tmp_path / "unlabelled", tmp_path / "pets"
+    (root / "images").mkdir(parents=True)
+    (data / "annotations").mkdir(parents=True)
+    (data / "annotations" / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in test_names))
+    rows = ["name,species,breed_id,class_id"]
+    for k, name in enumerate(names):
+        Image.fromarray(np.full((20, 30, 3), 40 * k, np.uint8)).save(root / "images" / f"{name}.jpg")
+        rows.append(f"{name},{1 + k % 2},1,1")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root, data
+
+
+def test_unlabelled_images_load_letterboxed_with_no_mask(tmp_path):
+    root, data = _unlabelled(tmp_path, ["Bengal_1", "beagle_2"], test_names=["Bengal_9"])
+    images = read_unlabelled(root, data)
+    assert images.names == ("Bengal_1", "beagle_2") and images.species.tolist() == [1, 2]
+    item = UnlabelledSet(images, 32)[1]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
+    assert (item["label"] == 255).all()  # ignored by every loss: no mask
+
+
+def test_unlabelled_images_refuse_a_test_split_name(tmp_path):
+    root, data = _unlabelled(tmp_path, ["Bengal_1", "beagle_2"], test_names=["beagle_2"])
+    with pytest.raises(DataError, match="test-split names .*beagle_2"):
+        read_unlabelled(root, data)

@@ -205,7 +205,7 @@ def _floats(text: str | None, option: str, n: int) -> tuple[float, ...] | None:
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "restart_epochs",
               "class_weights", "val_fraction", "ce_weight", "dice_weight", "grad_clip", "precision", "device",
-              "patience", "seed", "limit", "val_limit", "workers", "void")
+              "patience", "seed", "limit", "val_limit", "workers", "void", "unlabelled")
 MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 
 
@@ -239,6 +239,9 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 @click.option("--limit", type=int, help="Train on a fixed seeded subset of N trainval images.")
 @click.option("--val-limit", type=int, help="Validate on a fixed seeded subset of N images.")
 @click.option("--workers", type=int, help="Data-loading worker processes.")
+@click.option("--unlabelled", type=str, default=None,
+              help="Images without masks (images/ + labels.csv) for mask-free phases such as reconstruction; "
+                   "'auto': the folder <data root>-unlabelled. Test-split names are refused.")
 @void_option
 @click.option("--in-size", type=int, help="Input size in pixels (multiple of 16).")
 @click.option("--base-channels", type=int)

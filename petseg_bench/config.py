@@ -38,6 +38,9 @@ class TrainConfig:
     val_limit: int | None = None
     workers: int = 1
     void: str = "nearest"
+    #: Extra images without masks for phases that need none (reconstruction): a folder
+    #: with images/ and labels.csv, or "auto" for ``<data root>-unlabelled`` where it exists.
+    unlabelled: str | None = None
 
     def validate(self) -> None:
         def bad(option: str, why: str) -> PetsegError:

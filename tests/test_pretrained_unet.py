@@ -88,3 +88,31 @@ def test_unlabelled_images_refuse_a_test_split_name(tmp_path):
     root, data = _unlabelled(tmp_path, ["Bengal_1", "beagle_2"], test_names=["beagle_2"])
     with pytest.raises(DataError, match="test-split names .*beagle_2"):
         read_unlabelled(root, data)
+
+
+def test_reconstruction_phase_trains_on_the_unlabelled_images_too(tmp_path):
+    from conftest import train, write_dataset
+
+    from petseg_bench.config import TrainConfig
+    from petseg_bench.engine import checkpoint
+
+    data = write_dataset(tmp_path / "pets", n_cat=4, n_dog=4, size=(40, 56))
+    root, _ = _unlabelled(tmp_path / "u", [f"Bengal_{k}" for k in range(6)])
+    cfg = TrainConfig(epochs=2, batch_size=4, workers=0, precision="fp32", device="cpu", val_fraction=0.25,
+                      lr=1e-3, patience=0, unlabelled=str(root))
+    messages = []
+    result = train("autoencoder", cfg, {"in_size": 32, "base_channels": 4, "latent_dim": 16}, data, tmp_path / "out",
+                   log=messages.append)
+    assert any("6 unlabelled images" in m for m in messages)
+    assert checkpoint.load(result.last_path)["n_unlabelled"] == 6
+    rows = {r["phase"]: r for r in result.history}
+    # 6 labelled training images (+6 unlabelled in the mask-free phase), batch 4, drop_last
+    assert rows["reconstruct"]["images_per_s"] > 0 and rows["segment"]["images_per_s"] > 0
+    # a model with no mask-free phase ignores them; "auto" without the folder says so
+    messages.clear()
+    train("unet", cfg, {"in_size": 32, "base_channels": 4}, data, tmp_path / "out", log=messages.append)
+    assert not any("unlabelled" in m for m in messages)
+    auto = TrainConfig(**{**cfg.to_dict(), "class_weights": cfg.class_weights, "unlabelled": "auto"})
+    train("autoencoder", auto, {"in_size": 32, "base_channels": 4, "latent_dim": 16}, data, tmp_path / "auto",
+          log=messages.append)
+    assert any("no unlabelled images beside the data" in m for m in messages)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from ..backbones import FeatureCache
 from ..data.datasets import sample_seed
@@ -124,9 +124,12 @@ class TrainLoop:
         ctx, epoch = self.ctx, self.state.epoch
         torch.manual_seed(sample_seed(ctx.cfg.seed, epoch, 1))  # dropout and friends: same per epoch after resume
         ctx.train_set.epoch = epoch
-        loader = DataLoader(ctx.train_set, batch_size=ctx.cfg.batch_size, shuffle=True,
+        data = ctx.train_set
+        if loss_kind != "segmentation" and ctx.extra_set is not None:  # no masks needed: more images
+            data = ConcatDataset([ctx.train_set, ctx.extra_set])
+        loader = DataLoader(data, batch_size=ctx.cfg.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(sample_seed(ctx.cfg.seed, epoch, 2)),
-                            drop_last=len(ctx.train_set) > ctx.cfg.batch_size, num_workers=ctx.cfg.workers)
+                            drop_last=len(data) > ctx.cfg.batch_size, num_workers=ctx.cfg.workers)
         ctx.model.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
         for step, batch in enumerate(ctx.progress(loader, f"{ctx.name} epoch {epoch + 1}")):

@@ -15,12 +15,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ..backbones import Backbone
 from ..config import TrainConfig
 from ..data.cache import PreparedSplit, prepare
 from ..data.clicks import EVAL_CLICK_RULE
 from ..data.datasets import LetterboxedSet
+from ..data.unlabelled import UnlabelledSet, read_unlabelled
 from ..data.split import limit, validation_split
 from ..errors import PetsegError, one_line, write_error
 from ..plugins import get_registry
@@ -83,6 +85,7 @@ class TrainContext:
     meta: dict
     run_dir: Path
     progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it
+    extra_set: Dataset | None = None  # images without masks, for phases that need none
 
     def __post_init__(self) -> None:
         self.phases: list[Phase] = list(self.spec.phases)
@@ -194,8 +197,25 @@ def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print) -> 
     }
     run_dir = Path(job.out_dir) / job.model
     train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=True, clicks="train", seed=cfg.seed)
+    extra = unlabelled_set(cfg, spec, job.data_root, mcfg.in_size, log)
+    if extra is not None:
+        meta["n_unlabelled"] = len(extra)
     return TrainContext(job.model, spec, mcfg, cfg, runtime, model, backbone, prepared, train_set, val_pos, meta,
-                        run_dir, _progress_bar if progress else (lambda it, desc: it))
+                        run_dir, _progress_bar if progress else (lambda it, desc: it), extra)
+
+
+def unlabelled_set(cfg: TrainConfig, spec: ModelSpec, data_root: Path, size: int,
+                   log: Callable[[str], None]) -> Dataset | None:
+    """The extra mask-free images (--unlabelled) when a phase of the model can use them."""
+    if not cfg.unlabelled or all(p.loss == "segmentation" for p in spec.phases):
+        return None
+    folder = Path(f"{Path(data_root).resolve()}-unlabelled") if cfg.unlabelled == "auto" else Path(cfg.unlabelled)
+    if cfg.unlabelled == "auto" and not folder.is_dir():
+        log(f"{spec.name}: no unlabelled images beside the data ({folder}); its mask-free phases use the labelled ones")
+        return None
+    images = read_unlabelled(folder, data_root)
+    log(f"{spec.name}: {len(images)} unlabelled images from {folder} join its mask-free phases")
+    return UnlabelledSet(images, size)
 
 
 def check_loss_weights(spec: ModelSpec, cfg: TrainConfig) -> None:

@@ -213,7 +213,8 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
               epilog="A model's own settings: --model-opt KEY=VALUE (repeatable), or its shorthand flags "
                      "(e.g. --latent-dim 256); `petseg-bench list MODEL` shows them.")
 @click.argument("model")
-@click.option("--profile", default="paper", show_default=True, help="paper (the seed's settings) or quick (CPU minutes).")
+@click.option("--profile", default="paper", show_default=True, help="paper (the seed's settings), quick (CPU minutes) or reference (pretrained encoders, "
+                   "full trainval, sized for a 2-core CPU).")
 @data_root_option
 @cache_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
@@ -260,7 +261,7 @@ def train(ctx, model, **opts):
     model_options = model_option_values(spec, opts.pop("model_opts"), ctx.args)
     train_over = {k: opts[k] for k in TRAIN_KEYS}
     train_over["class_weights"] = _floats(train_over["class_weights"], "--class-weights", 3)
-    cfg, fields = resolve(opts["profile"], train_over, {k: opts[k] for k in MODEL_FIELDS})
+    cfg, fields = resolve(opts["profile"], train_over, {k: opts[k] for k in MODEL_FIELDS}, spec)
     job = TrainJob(model, cfg, resolve_data_root(opts["data_root"]), Path(opts["out_dir"]), fields, model_options,
                    opts["profile"], opts["resume"], _path(opts["cache_dir"]), opts["wandb"], opts["overwrite"])
     result = run_training(job, log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
@@ -390,11 +391,12 @@ def train_missing(models: list[str], checkpoints_dir: Path, root: Path, cache: P
     from .config import resolve
     from .engine.training import TrainJob
     from .engine.training import train as run_training
+    from .plugins import get_registry
 
     for m in models:
         if not (checkpoints_dir / m / "best.pt").is_file():
             click.echo(f"training {m} (quick profile): no checkpoint in {checkpoints_dir}", err=True)
-            cfg, fields = resolve("quick", {"void": void}, {})
+            cfg, fields = resolve("quick", {"void": void}, {}, get_registry().get("model", m))
             resume = (checkpoints_dir / m / "last.pt").is_file()
             run_training(TrainJob(m, cfg, root, checkpoints_dir, fields, profile="quick", cache_dir=cache, resume=resume),
                          log=lambda msg: click.echo(msg, err=True), progress=sys.stderr.isatty())

@@ -135,17 +135,27 @@ PROFILES: dict[str, Profile] = {
                "patience": 0, "restart_epochs": 6},
         model={"in_size": 96, "base_channels": 16},
     ),
+    # Provisional: sizes and epochs still being chosen by validation mIoU (issue 15).
+    "reference": Profile(
+        "reference", "a 2-core CPU in about 2 hours for all models: full trainval, 160 px, 16 base channels, "
+                     "one cosine cycle, unlabelled images for mask-free phases; models add their own settings",
+        train={"epochs": 20, "batch_size": 16, "lr": 1e-3, "restart_epochs": 20, "patience": 0, "unlabelled": "auto"},
+        model={"in_size": 160, "base_channels": 16},
+    ),
 }
 
 
-def resolve(profile: str, train_overrides: dict[str, Any], model_overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+def resolve(profile: str, train_overrides: dict[str, Any], model_overrides: dict[str, Any],
+            spec=None) -> tuple[TrainConfig, dict[str, Any]]:
     """The TrainConfig and generic model-config fields for ``profile`` with explicit options
-    on top (None means "not given")."""
+    on top (None means "not given"). A model ``spec`` may set its own generic fields per
+    profile (``ModelSpec.profile_fields``): they sit between the profile's and the explicit ones."""
     if profile not in PROFILES:
         raise PetsegError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     p = PROFILES[profile]
+    own = spec.profile_fields(profile) if spec is not None else {}
     train = {**p.train, **{k: v for k, v in train_overrides.items() if v is not None}}
-    model = {**p.model, **{k: v for k, v in model_overrides.items() if v is not None}}
+    model = {**p.model, **own, **{k: v for k, v in model_overrides.items() if v is not None}}
     cfg = TrainConfig.from_dict(train)
     cfg.validate()
     return cfg, model

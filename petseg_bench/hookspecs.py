@@ -57,6 +57,12 @@ def petseg_bench_perturbations():
     their parameter values, and ``apply(images, value, rngs)``: a batched function over
     uint8 RGB images at original resolution (sizes may differ), with one
     ``numpy.random.Generator`` per image, deterministic for given generators.
+
+    A perturbation may act on the click of point-prompted models instead (or as well):
+    ``target="clicks"`` with ``apply_clicks(clicks, labels, value, rngs) -> clicks``, the
+    evaluation clicks ``[B, 2]`` (y, x) in original image pixels moved with the ground
+    truth at hand, one generator per image. Its cells are computed only for models with
+    a ``point`` input; for the others the report shows n/a.
     """
 
 

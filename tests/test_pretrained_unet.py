@@ -116,3 +116,17 @@ def test_reconstruction_phase_trains_on_the_unlabelled_images_too(tmp_path):
     train("autoencoder", auto, {"in_size": 32, "base_channels": 4, "latent_dim": 16}, data, tmp_path / "auto",
           log=messages.append)
     assert any("no unlabelled images beside the data" in m for m in messages)
+
+
+def test_a_model_sets_its_own_generic_fields_per_profile_below_explicit_options():
+    from petseg_bench.config import resolve
+
+    reg = get_registry()
+    ae = reg.get("model", "autoencoder")
+    _, fields = resolve("reference", {}, {}, ae)
+    assert fields == {"in_size": 160, "base_channels": 32}  # the profile's size, the model's own width
+    _, fields = resolve("reference", {}, {"base_channels": 8}, ae)
+    assert fields["base_channels"] == 8  # explicit wins
+    assert ae.config(fields, {}, "reference").options["latent_dim"] == 512
+    clip = reg.get("model", "clip_unet")
+    assert clip.config({}, {}, "reference").options["backbone"] == "efficientnet:lite0"  # a real frozen encoder

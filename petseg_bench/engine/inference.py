@@ -35,10 +35,12 @@ class Batch:
 
 
 def make_batch(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], sizes: Iterable[int],
-               clicks: bool) -> Batch:
-    """Letterbox ``images`` once per size (and place the evaluation clicks when asked)."""
+               clicks: bool, moves: np.ndarray | None = None) -> Batch:
+    """Letterbox ``images`` once per size (and place the evaluation clicks when asked,
+    moved by ``moves``, displacements in original pixels: see :func:`letterbox_batch`)."""
     labels = list(labels)
-    return Batch(labels, {s: letterbox_batch(images, s, labels if clicks else None) for s in sorted(set(sizes))})
+    return Batch(labels, {s: letterbox_batch(images, s, labels if clicks else None, moves)
+                          for s in sorted(set(sizes))})
 
 
 def prefetch(make: Callable[[T], Batch], items: Sequence[T]) -> Iterator[Batch]:

@@ -175,15 +175,36 @@ def load_predictor(path: Path, runtime: Runtime | None = None, expect_model: str
     return pr
 
 
-def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np.ndarray] | None = None):
+def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np.ndarray] | None = None,
+                    moves: np.ndarray | None = None):
     """Letterboxed uint8 batch ``[B, 3, S, S]``, the geometries, and the evaluation clicks
-    ``[B, 2]`` placed on the letterboxed ground truth (only when ``labels`` are given)."""
+    ``[B, 2]`` placed on the letterboxed ground truth (only when ``labels`` are given).
+
+    ``moves``: per image a click displacement (dy, dx) in original pixels (a click
+    perturbation's); it is scaled into the letterbox, added to the click and kept inside
+    the image content. Without it the clicks are exactly those of the evaluation rule."""
     boxes = [Letterbox.fit(im.shape[0], im.shape[1], size) for im in images]
     batch = np.stack([lb.apply(im) for lb, im in zip(boxes, images)]).transpose(0, 3, 1, 2)
     points = None
     if labels is not None:
-        points = torch.tensor([eval_click(lb.apply(lab, label=True)) for lb, lab in zip(boxes, labels)])
+        clicks = [eval_click(lb.apply(lab, label=True)) for lb, lab in zip(boxes, labels)]
+        if moves is not None:
+            clicks = [move_click(lb, c, d) for lb, c, d in zip(boxes, clicks, moves)]
+        points = torch.tensor(clicks)
     return torch.from_numpy(np.ascontiguousarray(batch)), boxes, points
+
+
+def move_click(lb: Letterbox, click: tuple[int, int], move) -> tuple[int, int]:
+    """``click`` (y, x) in letterbox pixels moved by ``move`` (dy, dx) in original pixels,
+    rounded and clamped to the content region of the letterbox."""
+    dy, dx = float(move[0]), float(move[1])
+    if dy == 0 and dx == 0:
+        return int(click[0]), int(click[1])
+    y = round(click[0] + dy * lb.new_h / lb.height)
+    x = round(click[1] + dx * lb.new_w / lb.width)
+    y = min(max(y, lb.top), lb.top + lb.new_h - 1)
+    x = min(max(x, lb.left), lb.left + lb.new_w - 1)
+    return int(y), int(x)
 
 
 def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from ..data.cache import prepare
 from ..data.split import limit as limit_positions
 from ..config import check_seed
 from ..errors import ModelRunError, PetsegError
-from ..perturbation import perturb
+from ..perturbation import off_foreground, perturb, perturb_clicks
 from ..plugins import get_registry
 from ..provenance import code_version, file_sha256, hardware, hardware_info, package_versions
 from ..results import CLEAN, RUN_FILE, Cell, read_cell, read_run, write_cell, write_run
@@ -125,6 +125,22 @@ class SweepData:
     perturbations: dict[str, PerturbationSpec]
     seed: int
     batch_size: int
+    #: The evaluation rule's click of each image at original resolution, computed once
+    #: when a click perturbation is swept (see :func:`base_clicks`).
+    clicks: np.ndarray | None = None
+
+    def base_clicks(self) -> np.ndarray:
+        if self.clicks is None:
+            from ..data.clicks import eval_click
+
+            self.clicks = np.array([eval_click(lab) for lab in self.labels], dtype=np.int64).reshape(-1, 2)
+        return self.clicks
+
+
+def applies(pert: PerturbationSpec | None, inputs) -> bool:
+    """Whether a perturbation's cells exist for a model with these inputs: a click
+    perturbation only for models with a ``point`` input, any other for every model."""
+    return pert is None or not pert.acts_on_clicks or "point" in inputs
 
 
 def run_sweep(job: SweepJob, progress: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -154,10 +170,16 @@ def run_sweep(job: SweepJob, progress: bool = False, log: Callable[[str], None] 
             for pr in predictors.values():
                 pr.compile(plan.batch_size)
         record["model_info"] = {m: model_info(pr, ckpts[m], record["checkpoints"][m]) for m, pr in predictors.items()}
+        record["click_perturbations"] = [p for p, s in pert_specs.items() if s.acts_on_clicks]
+        skipped = [m for m, pr in predictors.items() if not pr.needs_clicks]
+        if record["click_perturbations"] and skipped:
+            log(f"note: click perturbations ({', '.join(record['click_perturbations'])}) are skipped for models "
+                f"without a click input ({', '.join(skipped)}); the report shows n/a for them")
         write_run(job.run_dir, record)
         data = SweepData([test.image(int(p)) for p in positions], [test.label(int(p)) for p in positions], ids,
                          predictors, pert_specs, plan.seed, plan.batch_size)
-        n_cells, compute_s = compute_cells(job, data, levels, progress, log)
+        n_cells, compute_s = compute_cells(job, data, levels, progress, log,
+                                           record.setdefault("click_off_foreground", {}))
         record["cells_computed"] = n_cells
         record["image_levels_per_s"] = round(n_cells * len(ids) / compute_s, 2) if n_cells else None
         record["wall_seconds"] = round(time.perf_counter() - t_start + record.get("wall_seconds_before", 0.0), 1)
@@ -167,17 +189,29 @@ def run_sweep(job: SweepJob, progress: bool = False, log: Callable[[str], None] 
 
 
 def compute_cells(job: SweepJob, data: SweepData, levels: dict[str, list[int]], progress: bool,
-                  log: Callable[[str], None]) -> tuple[int, float]:
-    """Compute and write every unfinished cell; (cells computed, seconds)."""
-    todo, n_done = cells_left(job.plan, levels, job.run_dir, data.ids)
+                  log: Callable[[str], None], click_stats: dict | None = None) -> tuple[int, float]:
+    """Compute and write every unfinished cell; (cells computed, seconds). For a click
+    perturbation, ``click_stats[pert][str(level)]`` gets the share of images whose moved
+    click (at original resolution) is off the pet."""
+    keep = {m: (lambda p, ins=pr.spec.inputs: applies(data.perturbations.get(p), ins))
+            for m, pr in data.predictors.items()}
+    todo, n_done = cells_left(job.plan, levels, job.run_dir, data.ids, keep)
     n_cells = sum(len(v) for v in todo.values())
     if n_done:
         log(f"resume: {n_done} finished cells kept, {n_cells} to compute")
     bar = _bar(progress, n_cells * len(data.ids))
     t_compute = time.perf_counter()
     for (pert, level), models in todo.items():
+        moves = None
+        spec = data.perturbations.get(pert)
+        if spec is not None and spec.acts_on_clicks:
+            base, moved = perturb_clicks(spec, data.labels, level, data.ids, data.seed, data.base_clicks())
+            moves = moved - base
+            if click_stats is not None:
+                share = float(off_foreground(moved, data.labels).mean()) if len(moved) else None
+                click_stats.setdefault(pert, {})[str(level)] = share
         try:
-            mats = run_group(data, pert, level, models, bar.update if bar else None)
+            mats = run_group(data, pert, level, models, bar.update if bar else None, moves)
         except ModelRunError as exc:
             raise exc.at(f"in cell ({pert}, level {level})") from None
         value = 0.0 if pert == CLEAN else data.perturbations[pert].levels[level]
@@ -252,13 +286,16 @@ def model_info(pr: Predictor, path: Path, sha: str) -> dict:
             "train_data_fingerprint": info.get("data_fingerprint"), "val": info.get("val"), "epoch": info.get("epoch")}
 
 
-def cells_left(plan: SweepPlan, levels: dict[str, list[int]], run_dir: Path,
-               ids: list[str]) -> tuple[dict[tuple[str, int], list[str]], int]:
-    """Unfinished cells grouped by what they share (the perturbed pixels), and how many are done."""
+def cells_left(plan: SweepPlan, levels: dict[str, list[int]], run_dir: Path, ids: list[str],
+               keep: dict[str, Callable[[str], bool]] | None = None) -> tuple[dict[tuple[str, int], list[str]], int]:
+    """Unfinished cells grouped by what they share (the perturbed pixels), and how many are done.
+    ``keep[model](perturbation)`` false: that model has no such cells (a click
+    perturbation for a model without clicks)."""
     todo: dict[tuple[str, int], list[str]] = defaultdict(list)
     n_done = 0
     for m in plan.models:
-        for cell in [Cell(m, CLEAN, 0)] + [Cell(m, p, lv) for p in plan.perturbations for lv in levels[p]]:
+        perts = [p for p in plan.perturbations if keep is None or m not in keep or keep[m](p)]
+        for cell in [Cell(m, CLEAN, 0)] + [Cell(m, p, lv) for p in perts for lv in levels[p]]:
             if read_cell(run_dir, cell, ids) is not None:
                 n_done += 1
             else:
@@ -266,9 +303,11 @@ def cells_left(plan: SweepPlan, levels: dict[str, list[int]], run_dir: Path,
     return todo, n_done
 
 
-def run_group(data: SweepData, pert: str, level: int, models: list[str], on_batch=None) -> dict[str, np.ndarray]:
+def run_group(data: SweepData, pert: str, level: int, models: list[str], on_batch=None,
+              moves: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Confusion matrices of every model in ``models`` on one (perturbation, level): each
-    batch is perturbed once and letterboxed once per input size on a background thread."""
+    batch is perturbed once and letterboxed once per input size on a background thread.
+    ``moves``: per image (all of ``data``) the click displacement of a click perturbation."""
     chosen = {m: data.predictors[m] for m in models}
     sizes = {pr.config.in_size for pr in chosen.values()}
     clicks = any(pr.needs_clicks for pr in chosen.values())
@@ -278,7 +317,7 @@ def run_group(data: SweepData, pert: str, level: int, models: list[str], on_batc
         images, labels, ids = data.images[chunk], data.labels[chunk], data.ids[chunk]
         if pert != CLEAN:
             images = perturb(data.perturbations[pert], images, level, ids, data.seed)
-        return make_batch(images, labels, sizes, clicks)
+        return make_batch(images, labels, sizes, clicks, None if moves is None else moves[chunk])
 
     return inference_on_dataset(chosen, prefetch(make, list(range(0, len(data.images), data.batch_size))), on_batch)
 

@@ -46,9 +46,13 @@ def write_report(run_dir: Path, data_root: Path | None = None, cache_dir: Path |
         strip_paths, strip_notes = example_strips(run, summary, plots_dir, data_root, cache_dir)
     else:  # e.g. a report committed to a repository, which must hold no dataset pixels
         strip_paths, strip_notes = {}, ["Example images left out (--no-examples): they show dataset images."]
-    sections = build_sections(run, summary, models, run_dir, curve_paths, strip_paths, strip_notes)
+    pixel = {m: (summary["scores"]["models"].get(m) or {}).get("mean_dice") for m in summary["models"]}
+    click_paths = {p: plot_curves(summary, p, labels, plots_dir / f"dice-{p}.png", beside=pixel)
+                   for p in summary.get("click_perturbations") or []
+                   if any(summary["curves"].get(m, {}).get(p) for m in summary["models"])}
+    sections = build_sections(run, summary, models, run_dir, curve_paths, strip_paths, strip_notes, click_paths)
     paths = [run_dir / "summary.json", run_dir / "report.md", run_dir / "index.html"]
     write_json_atomic(paths[0], summary)
     write_text_atomic(paths[1], render_markdown(TITLE, sections))
     write_text_atomic(paths[2], render_html(TITLE, sections, run))
-    return paths + list(curve_paths.values()) + list(strip_paths.values())
+    return paths + list(curve_paths.values()) + list(click_paths.values()) + list(strip_paths.values())

@@ -29,9 +29,11 @@ def save_png(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(summary: Mapping[str, Any], perturbation: str, labels: Mapping[str, str], path: Path) -> Path:
+def plot_curves(summary: Mapping[str, Any], perturbation: str, labels: Mapping[str, str], path: Path,
+                beside: Mapping[str, float | None] | None = None) -> Path:
     """Mean Dice (seed reduction) against level, one line per model (``labels``: model ->
-    legend text)."""
+    legend text). ``beside``: model -> a level drawn as a dashed line in the model's
+    colour (e.g. its mean Dice over the pixel perturbations)."""
     info = summary["perturbation_params"].get(perturbation, {"param": None, "values": []})
     values = info["values"]
     names = [labels.get(m, m) for m in summary["models"]]
@@ -48,7 +50,11 @@ def plot_curves(summary: Mapping[str, Any], perturbation: str, labels: Mapping[s
         xs, ys = zip(*pts)
         levels_seen.update(xs)
         ys_all += ys
-        ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.6, label=labels.get(model, model))
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.6, label=labels.get(model, model))
+        ref = (beside or {}).get(model)
+        if ref is not None:
+            ax.axhline(ref, color=line.get_color(), linestyle="--", linewidth=1.0, alpha=0.7)
+            ys_all.append(ref)
     ticks = sorted(levels_seen) or [0]
     shown = [values[lv] if lv < len(values) else None for lv in ticks]
     ax.set_xticks(ticks)

@@ -9,7 +9,7 @@ from .document import Callout, Figure, Gallery, Paragraph, Section
 from .fmt import DASH, level_ranges
 from .models import SEED_SOURCE, ModelView, label, robustness_notes
 from .summary import REDUCTION_DESCRIPTIONS
-from .tables import clean_table, per_class_table, provenance_tables, robustness_table, score_tables
+from .tables import click_table, clean_table, per_class_table, provenance_tables, robustness_table, score_tables
 
 VOID_TEXT = {"nearest": "filled from the nearest valid pixel (the seed's choice)",
              "ignore": "ignored (left out of every confusion matrix)"}
@@ -17,7 +17,7 @@ VOID_TEXT = {"nearest": "filled from the nearest valid pixel (the seed's choice)
 
 def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView],
                    run_dir: Path, curve_paths: Mapping[str, Path], strip_paths: Mapping[str, Path],
-                   strip_notes: Sequence[str]) -> list[Section]:
+                   strip_notes: Sequence[str], click_paths: Mapping[str, Path] | None = None) -> list[Section]:
     reduction = summary["scores"]["reduction"]
     figures = [Figure(_rel(path, run_dir), f"{p}: mean Dice ({reduction} reduction) against level")
                for p, path in curve_paths.items()]
@@ -25,7 +25,7 @@ def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], models: M
     if strip_paths:
         strips.append(Gallery([Figure(_rel(path, run_dir), p.replace("_", " ")) for p, path in strip_paths.items()],
                               "strips"))
-    return [
+    sections = [
         Section("what-was-run", "What was run", [Paragraph(intro(run, summary, models)),
                                                  *callouts(run, summary, models)]),
         Section("clean", "Clean test metrics beside the seed's Table 1",
@@ -37,6 +37,24 @@ def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], models: M
         Section("examples", "Example image at every level", strips),
         Section("provenance", "Provenance", provenance_tables(run, models)),
     ]
+    if summary.get("click_perturbations"):
+        sections.insert(5, click_section(summary, models, run_dir, click_paths or {}))
+    return sections
+
+
+def click_section(summary: Mapping[str, Any], models: Mapping[str, ModelView], run_dir: Path,
+                  click_paths: Mapping[str, Path]) -> Section:
+    """Dice against level of each click perturbation for the models that take a click, beside
+    their pixel robustness; models without a click input show n/a."""
+    figures = [Figure(_rel(path, run_dir), f"{p}: mean Dice ({summary['scores']['reduction']} reduction) against "
+                      f"level; dashed: the model's mean Dice over the pixel perturbations")
+               for p, path in click_paths.items()]
+    text = ("The images stay clean; only the click given to models with a click input moves (see each "
+            "perturbation's description in `petseg-bench list`). Each move is computed at the original "
+            "resolution and applied, scaled, to the click the model always gets, so level 0 is exactly the "
+            "clean result.")
+    return Section("clicks", "Click robustness", [Paragraph(text), click_table(summary, models),
+                                                  *([Gallery(figures, "grid")] if figures else [])])
 
 
 def intro(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> str:

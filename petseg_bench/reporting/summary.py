@@ -210,22 +210,30 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
                   reference_model: str = DEFAULT_REFERENCE) -> dict:
     """The whole summary (see the module docstring) as a JSON-ready dict."""
     models, perts = run_order(df, run)
+    # Click perturbations (they move the click of models that take one) are kept out of
+    # the pixel robustness figures: their curves are in "curves", listed apart.
+    click_set = set(run.get("click_perturbations") or [])
+    click_perts = [p for p in run.get("perturbations", []) if p in click_set]
+    click_perts += [p for p in perts if p in click_set and p not in click_perts]
+    perts = [p for p in perts if p not in click_set]
     clean: dict[str, dict | None] = {}
     curves: dict[str, dict] = {}
     for m in models:
         dm = df[df["model"] == m]
         clean_rows = dm[dm["perturbation"] == CLEAN]
         clean[m] = clean_metrics(matrices(clean_rows), n_boot, boot_seed) if len(clean_rows) else None
-        curves[m] = _model_curves(dm, clean[m], perts)
+        curves[m] = _model_curves(dm, clean[m], perts + click_perts)
     seed_clean = {m: (c[SCORE_REDUCTION]["mdice"] if c else None) for m, c in clean.items()}
-    seed_curves = {m: {p: {lv: v[SCORE_REDUCTION] for lv, v in pts.items() if lv > 0} for p, pts in per.items()}
-                   for m, per in curves.items()}
+    seed_curves = {m: {p: {lv: v[SCORE_REDUCTION] for lv, v in pts.items() if lv > 0} for p, pts in per.items()
+                       if p not in click_set} for m, per in curves.items()}
     return {
         "schema": SCHEMA_VERSION,
         "classes": list(CLASS_NAMES),
         "models": models,
         "perturbations": perts,
-        "perturbation_params": _perturbation_info(run, df, perts),
+        "click_perturbations": click_perts,
+        "click_off_foreground": run.get("click_off_foreground") or {},
+        "perturbation_params": _perturbation_info(run, df, perts + click_perts),
         "n_images": len(run.get("image_ids") or sorted(set(df["image_id"]))),
         "seed": run.get("seed"),
         "void": run.get("void"),

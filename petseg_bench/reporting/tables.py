@@ -83,6 +83,48 @@ def robustness_table(summary: Mapping[str, Any], models: Mapping[str, ModelView]
                  md_headers=["perturbation", "model", *[f"L{lv}" for lv in all_levels]])
 
 
+NA = "n/a"
+
+
+def click_table(summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> Table:
+    """Mean Dice per level of each click perturbation, beside the model's pixel robustness
+    (mean Dice over the pixel perturbations' levels >= 1). A model without a click input
+    has no such cells: n/a, never its clean score."""
+    reduction = summary["scores"]["reduction"]
+    perts = summary.get("click_perturbations") or []
+    all_levels = sorted({lv for m in summary["models"] for p in perts
+                         for lv in (summary["curves"].get(m, {}).get(p) or {}).get("levels", [])} | {0})
+    off = summary.get("click_off_foreground") or {}
+    rows = []
+    for p in perts:
+        info = summary["perturbation_params"].get(p, {})
+        values = info.get("values") or []
+        name = f"{p} ({axis_label(info.get('param'), [values[lv] if lv < len(values) else None for lv in all_levels])})"
+        for m in summary["models"]:
+            curve = summary["curves"].get(m, {}).get(p)
+            pixel = (summary["scores"]["models"].get(m) or {}).get("mean_dice")
+            if curve:
+                by_level = dict(zip(curve["levels"], curve[reduction]))
+                cells = [pct(by_level.get(lv)) if lv in by_level else DASH for lv in all_levels]
+            else:
+                cells = [NA] * len(all_levels)
+            rows.append([name, label(models, m), *cells, pct(pixel) if summary["perturbations"] else DASH])
+        shares = off.get(p) or {}
+        if shares:
+            rows.append([name, "clicks off the pet, %",
+                         *[pct(shares.get(str(lv))) if str(lv) in shares else (pct(0.0) if lv == 0 else DASH)
+                           for lv in all_levels], DASH])
+    headers = ["click perturbation", "model", *[("0 (clean)" if lv == 0 else str(lv)) for lv in all_levels],
+               "pixel robustness: mean Dice %"]
+    return Table(headers, rows, text_columns=2,
+                 caption=(f"Mean Dice in percent ({reduction} reduction) when the evaluation click is moved; level 0 "
+                          f"is the model's clean result (the evaluation rule's click). The last column is the same "
+                          f"model's mean Dice over the pixel perturbations (levels ≥ 1). n/a: the model takes no "
+                          f"click, so the cell is not computed. 'Clicks off the pet': share of test images whose "
+                          f"moved click (original resolution) misses the pet."),
+                 md_headers=["click perturbation", "model", *[f"L{lv}" for lv in all_levels], "pixel mean Dice %"])
+
+
 def _score_definitions(scores: Mapping[str, Any], ref: str) -> str:
     note = "" if scores["reference_in_run"] else f" {ref} is not in this run, so CE and mCE are not defined."
     return (f"All on mean Dice, {scores['reduction']} reduction, over the perturbed levels present in the run. "

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import PetsegError, PluginError, one_line
+from .errors import PetsegError, PluginError, call_plugin
 
 #: Values of a weights argument that mean "random initialisation".
 RANDOM_INIT = ("none", "random", "")
@@ -136,12 +136,7 @@ def _build(key: str) -> Backbone:
 
     family, arg = split_key(key)
     spec = get_registry().get("backbone", family)
-    try:
-        backbone = spec.build(arg)
-    except PetsegError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
-        raise PluginError(f"backbone {key!r} failed to build: {type(exc).__name__}: {one_line(exc)}") from None
+    backbone = call_plugin(f"backbone {key!r} failed to build", spec.build, arg)
     if not isinstance(backbone, Backbone):
         raise PluginError(f"backbone plugin {family!r} returned {type(backbone).__name__}, not a Backbone")
     backbone.key = key

@@ -52,6 +52,17 @@ def one_line(exc: BaseException, limit: int = 300, default: str | None = None) -
 _TORCH_WRITER = "inline_container.cc"
 
 
+def call_plugin(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` from a plugin: its PetsegError passes through, any other
+    failure becomes one :class:`PluginError` line, ``"<what>: <type>: <message>"``."""
+    try:
+        return fn(*args, **kwargs)
+    except PetsegError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
+        raise PluginError(f"{what}: {type(exc).__name__}: {one_line(exc)}") from None
+
+
 def os_error_text(exc: BaseException) -> str:
     """What went wrong with a file operation, in plain words: "no space left on device",
     "permission denied", "read-only file system"..."""

@@ -18,7 +18,7 @@ import torch
 from ..backbones import Backbone, FeatureCache, load_backbone
 from ..data.clicks import eval_click
 from ..data.letterbox import Letterbox
-from ..errors import ModelRunError, PetsegError
+from ..errors import ModelRunError, PetsegError, call_plugin
 from ..plugins import get_registry
 from ..specs import ModelConfig, ModelSpec
 from . import checkpoint
@@ -110,12 +110,7 @@ def build_model(spec: ModelSpec, config: ModelConfig, runtime: Runtime, seed: in
     """A fresh model on the runtime's device (seeded when ``seed`` is given)."""
     if seed is not None:
         torch.manual_seed(seed)
-    try:
-        model = spec.build(config)
-    except PetsegError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
-        raise PetsegError(f"model {spec.name} failed to build: {type(exc).__name__}: {exc}") from None
+    model = call_plugin(f"model {spec.name} failed to build", spec.build, config)
     return model.to(runtime.device, memory_format=torch.channels_last)
 
 

@@ -100,14 +100,17 @@ def read_cell(run_dir: Path, cell: Cell, expect_ids: list[str] | None = None) ->
 
 
 def load_run(run_dir: Path) -> pd.DataFrame:
-    """Every finished cell of a run as one long table: one row per (cell, image)."""
+    """Every finished cell of a run as one long table: one row per (cell, image). A cell
+    file that cannot be read is an error naming it, never a silently thinner report
+    (cells are written atomically, so only damage leaves one half-written)."""
     frames = []
     for path in sorted((Path(run_dir) / "cells").glob("*/*.parquet")):
         try:
             table = pq.read_table(path)
             meta = json.loads(table.schema.metadata[b"petseg_bench"])
-        except Exception:  # noqa: BLE001
-            continue
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+            raise PetsegError(f"cell {path} is unreadable ({type(exc).__name__}); delete it and "
+                              f"`petseg-bench run ... --resume` recomputes it") from None
         df = table.to_pandas()
         df.insert(0, "model", meta["model"])
         df.insert(1, "perturbation", meta["perturbation"])

@@ -450,3 +450,15 @@ def test_quick_cpu_summary_is_reproduced(tmp_path):
     _, summary = load_summary(run_dir, n_boot=expected["bootstrap"]["n_boot"],
                               reference_model=expected["scores"]["reference_model"])
     assert_same_numbers(expected, json.loads(json.dumps(summary)))
+
+
+def test_an_unreadable_cell_is_an_error_naming_it_never_a_thinner_report(tmp_path):
+    from petseg_bench.errors import PetsegError
+
+    run_dir = tmp_path / "run"
+    write_cell(run_dir, Cell("unet", CLEAN, 0), ["a", "b"], np.ones((2, 3, 3), np.int64), 0.0)
+    assert len(load_run(run_dir)) == 2
+    bad = run_dir / "cells" / "unet" / "gaussian_noise-L1.parquet"
+    bad.write_bytes(b"PAR1 truncated")
+    with pytest.raises(PetsegError, match=r"gaussian_noise-L1.parquet is unreadable .*--resume"):
+        load_run(run_dir)

@@ -17,7 +17,13 @@ DEMO_PERTURBATIONS ?= gaussian_noise,gaussian_blur,contrast_increase,contrast_de
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv demo test test-fast clean
+# The reference results (reports/reference/): every model in the reference profile, then the
+# seed's sweep on a seeded subset of REF_IMAGES test images, clean scores in both void modes.
+REF_OUT    ?= runs/reference
+REF_IMAGES ?= 300
+REF_MODELS ?= effnet_unet clip_unet point_clip_unet clip_only autoencoder unet
+
+.PHONY: venv demo test test-fast clean reference
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +46,17 @@ demo: venv
 	$(BIN)/petseg-bench data check
 	$(BIN)/petseg-bench run --models all --perturbations $(DEMO_PERTURBATIONS) --train-missing \
 		--checkpoints $(OUT)/checkpoints --out $(OUT) --limit $(DEMO_IMAGES) --resume
+
+reference: venv
+	@if [ -z "$$PETSEG_DATA" ]; then $(BIN)/petseg-bench data download; fi
+	set -e; for m in $(REF_MODELS); do \
+		$(BIN)/petseg-bench train $$m --profile reference --out $(REF_OUT)/checkpoints --resume; done
+	set -e; for m in $(REF_MODELS); do for v in nearest ignore; do \
+		$(BIN)/petseg-bench evaluate $(REF_OUT)/checkpoints/$$m/best.pt --void $$v \
+			--out $(REF_OUT)/clean/$$m.$$v.json; done; done
+	$(BIN)/petseg-bench run --models $$(echo $(REF_MODELS) | tr ' ' ,) --perturbations $(DEMO_PERTURBATIONS) \
+		--checkpoints $(REF_OUT)/checkpoints --out $(REF_OUT) --limit $(REF_IMAGES) --resume --no-report
+	$(BIN)/petseg-bench report $(REF_OUT) --no-examples
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -205,7 +205,7 @@ def _floats(text: str | None, option: str, n: int) -> tuple[float, ...] | None:
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "restart_epochs",
               "class_weights", "val_fraction", "ce_weight", "dice_weight", "grad_clip", "precision", "device",
-              "patience", "seed", "limit", "val_limit", "workers", "void", "unlabelled")
+              "patience", "seed", "limit", "val_limit", "workers", "void", "unlabelled", "augment", "salt_pepper")
 MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 
 
@@ -243,6 +243,9 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 @click.option("--unlabelled", type=str, default=None,
               help="Images without masks (images/ + labels.csv) for mask-free phases such as reconstruction; "
                    "'auto': the folder <data root>-unlabelled. Test-split names are refused.")
+@click.option("--augment", type=str, help="Training augmentation: seed (the study's six transforms), "
+                   "light (flip, scale/shift, colour jitter) or none.")
+@click.option("--salt-pepper", type=float, help="Probability of salt-and-pepper noise on a training image (default 0).")
 @void_option
 @click.option("--in-size", type=int, help="Input size in pixels (multiple of 16).")
 @click.option("--base-channels", type=int)
@@ -315,6 +318,9 @@ def _path(value: str | None) -> Path | None:
               help="Bootstrap replicates for 95% CIs (0: none).")
 @click.option("--precision", default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--void", type=VOID_CHOICE, default=None,
+              help="Void (border) pixels: nearest (fill from the nearest valid pixel) or ignore. "
+                   "Default: the mode the checkpoint was trained with.")
 @click.option("--out", "out_file", type=click.Path(), default=None,
               help="JSON output (default: CHECKPOINT with .test.json).")
 def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
@@ -323,7 +329,7 @@ def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
     from .engine.evaluation import EvalJob, evaluate_checkpoint, format_summary
 
     job = EvalJob(Path(checkpoint_path), resolve_data_root(data_root), _path(cache_dir), opts["limit"],
-                  opts["batch_size"], opts["bootstrap"], opts["precision"], opts["device"])
+                  opts["batch_size"], opts["bootstrap"], opts["precision"], opts["device"], void=opts["void"])
     job.validate()
     out = Path(out_file) if out_file else Path(checkpoint_path).with_suffix(".test.json")
     check_writable(out)  # before the work, not after it

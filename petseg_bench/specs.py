@@ -170,8 +170,9 @@ class ModelSpec:
     at the input size. ``mean``/``std`` normalise the ``image`` input (ImageNet's by
     default). ``defaults`` sets generic config fields; ``options`` declares the model's
     own settings; ``prepare_options(options) -> options`` may normalise and cross-check
-    them (raise ValueError with one line). ``profiles`` overrides options (and generic fields
-    such as ``in_size``) per training profile (``{"quick": {...}}``). ``backbone_option`` names the option holding the
+    them (raise ValueError with one line). ``profiles`` overrides options, generic fields
+    such as ``in_size`` and training fields such as ``epochs`` per training profile
+    (``{"quick": {...}}``): a profile's budget is split per model. ``backbone_option`` names the option holding the
     key of a frozen backbone (``efficientnet:lite0``) whose features the harness
     computes and passes as ``backbone``. ``frozen`` lists state-dict prefixes that are
     rebuilt from their source and left out of checkpoints. ``upgrade(options)`` maps
@@ -214,11 +215,16 @@ class ModelSpec:
         """The generic config fields (e.g. ``in_size``) the model sets for ``profile``."""
         return {k: v for k, v in self.profiles.get(profile or "", {}).items() if k in GENERIC_FIELDS}
 
+    def profile_train(self, profile: str | None) -> dict[str, Any]:
+        """The training fields (e.g. ``epochs``) the model sets for ``profile``."""
+        return {k: v for k, v in self.profiles.get(profile or "", {}).items() if k in _train_fields()}
+
     def resolve_options(self, given: Mapping[str, Any], profile: str | None = None) -> dict[str, Any]:
         """Defaults, then the profile's overrides, then ``given`` (None values ignored),
         each parsed to its option's type and checked by ``prepare_options``."""
         values = {o.name: o.default for o in self.options}
-        own = {k: v for k, v in self.profiles.get(profile or "", {}).items() if k not in GENERIC_FIELDS}
+        own = {k: v for k, v in self.profiles.get(profile or "", {}).items()
+               if k not in GENERIC_FIELDS and k not in _train_fields()}
         layers = [own, {k: v for k, v in given.items() if v is not None}]
         for layer in layers:
             for name, value in layer.items():
@@ -274,7 +280,7 @@ class ModelSpec:
         if len(set(names)) != len(names):
             raise ValueError("option names repeat")
         for profile, values in self.profiles.items():
-            missing = sorted(set(values) - set(names) - set(GENERIC_FIELDS))
+            missing = sorted(set(values) - set(names) - set(GENERIC_FIELDS) - _train_fields())
             if missing:
                 raise ValueError(f"profile {profile!r} sets unknown options: {', '.join(missing)}")
 

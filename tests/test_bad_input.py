@@ -203,7 +203,8 @@ def test_train_config_refuses_no_loss_and_non_finite_numbers():
     for bad, needle in ((dict(ce_weight=0.0, dice_weight=0.0), "no loss"), (dict(lr=float("inf")), "--lr"),
                         (dict(grad_clip=float("nan")), "--grad-clip"), (dict(class_weights=(1.0, float("nan"), 1.0)),
                                                                           "--class-weights"),
-                        (dict(seed=-1), "--seed")):
+                        (dict(seed=-1), "--seed"), (dict(augment="heavy"), "--augment must be one of"),
+                        (dict(salt_pepper=1.5), "--salt-pepper")):
         with pytest.raises(PetsegError, match=needle):
             tiny_cfg(**bad).validate()
     tiny_cfg(ce_weight=0.0).validate()  # one of the two may be 0

@@ -17,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 
 from petseg_bench.data import cache as cache_mod
-from petseg_bench.data.augment import training_augmentation
+from petseg_bench.data.augment import SALT_PEPPER_MAX, salt_and_pepper, training_augmentation
 from petseg_bench.data.cache import dropped_summary, fingerprint, prepare, prepare_all
 from petseg_bench.data.decode import SampleError, fill_void, load_mask, load_rgb, load_sample
 from petseg_bench.data.layout import detect_layout, list_split
@@ -464,22 +464,24 @@ def coded_sample(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def test_augmentation_seeded():
+@pytest.mark.parametrize("name", ["seed", "light"])
+def test_augmentation_seeded(name):
     image, mask = coded_sample()
     outs = []
     for seed in (7, 7, 8):
-        aug = training_augmentation(seed)
+        aug = training_augmentation(seed, name)
         outs.append([aug(image=image, mask=mask) for _ in range(3)])
     for a, b in zip(outs[0], outs[1]):
         assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
     assert any(not np.array_equal(a["image"], c["image"]) for a, c in zip(outs[0], outs[2]))
 
 
-def test_augmentation_keeps_image_and_mask_aligned():
+@pytest.mark.parametrize("name", ["seed", "light"])
+def test_augmentation_keeps_image_and_mask_aligned(name):
     image, mask = coded_sample()
     changed = 0
     for seed in range(8):
-        out = training_augmentation(seed)(image=image, mask=mask)
+        out = training_augmentation(seed, name)(image=image, mask=mask)
         img, msk = out["image"], out["mask"]
         assert img.shape == image.shape and msk.shape == mask.shape and msk.dtype == np.uint8
         assert set(np.unique(msk).tolist()) <= {0, 1, 2}
@@ -493,6 +495,30 @@ def test_augmentation_keeps_image_and_mask_aligned():
         agree = (fg_image == fg_mask)[interior].mean()
         assert agree > 0.95, (seed, agree)
     assert changed >= 3  # geometric transforms did happen
+
+
+def test_no_augmentation_is_the_identity():
+    image, mask = coded_sample()
+    out = training_augmentation(3, "none")(image=image, mask=mask)
+    assert np.array_equal(out["image"], image) and np.array_equal(out["mask"], mask)
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        training_augmentation(3, "heavy")
+
+
+def test_salt_and_pepper_augmentation_is_seeded_and_bounded():
+    image = np.full((64, 64, 3), 128, np.uint8)
+    never = salt_and_pepper(image, np.random.default_rng(0), 0.0)
+    assert never is image
+    outs = [salt_and_pepper(image, np.random.default_rng(s), 1.0) for s in (5, 5, 6)]
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+    for out in outs:
+        hit = out != 128
+        assert set(np.unique(out[hit]).tolist()) <= {0, 255}
+        assert hit.mean() <= SALT_PEPPER_MAX + 0.02  # never past the sweep's top level
+    # p is the share of images touched
+    touched = sum(not np.array_equal(salt_and_pepper(image, np.random.default_rng(s), 0.3), image)
+                  for s in range(200))
+    assert 40 <= touched <= 80
 
 
 def test_synthetic_colours_are_distinct():

@@ -24,7 +24,7 @@ class LetterboxedSet(Dataset):
     ``index`` (position in the prepared split)."""
 
     def __init__(self, prepared: PreparedSplit, positions: np.ndarray, size: int,
-                 augment: bool = False, clicks: str = "eval", seed: int = 0):
+                 augment: str | None = None, clicks: str = "eval", seed: int = 0, salt_pepper: float = 0.0):
         self.prepared = prepared
         self.positions = np.asarray(positions, dtype=np.int64)
         self.size = size
@@ -32,10 +32,11 @@ class LetterboxedSet(Dataset):
         self.seed = seed
         self.epoch = 0
         self.augment = None
+        self.salt_pepper = salt_pepper
         if augment:
             from .augment import training_augmentation
 
-            self.augment = training_augmentation(seed)
+            self.augment = training_augmentation(seed, augment)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -50,6 +51,11 @@ class LetterboxedSet(Dataset):
             self.augment.set_random_seed(s)
             out = self.augment(image=image, mask=label)
             image, label = out["image"], out["mask"]
+        if self.salt_pepper > 0:
+            from .augment import salt_and_pepper
+
+            # Its own stream, so the clicks below draw the same with or without it.
+            image = salt_and_pepper(image, np.random.default_rng([s, 1]), self.salt_pepper)
         if self.clicks == "train":
             point = train_click(label, np.random.default_rng(s))
         else:

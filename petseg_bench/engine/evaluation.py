@@ -35,8 +35,11 @@ class EvalJob:
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
+    void: str | None = None  # None: the mode the checkpoint was trained with
 
     def validate(self) -> None:
+        if self.void not in (None, "nearest", "ignore"):
+            raise PetsegError(f"--void must be nearest or ignore, got {self.void!r}")
         if self.limit is not None and self.limit < 1:
             raise PetsegError(f"--limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
@@ -48,7 +51,7 @@ def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda messag
     job.validate()
     pr = load_predictor(job.checkpoint, Runtime.choose(job.device, job.precision))
     info = pr.info
-    void = (info.get("train_config") or {}).get("void", "nearest")
+    void = job.void or (info.get("train_config") or {}).get("void", "nearest")
     test = prepare(job.data_root, "test", void, job.cache_dir)
     if len(test) == 0:
         raise PetsegError(f"test split at {job.data_root} has no usable image")

@@ -196,7 +196,8 @@ def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print) -> 
         "eval_click_rule": EVAL_CLICK_RULE if "point" in spec.inputs else None,
     }
     run_dir = Path(job.out_dir) / job.model
-    train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=True, clicks="train", seed=cfg.seed)
+    train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=cfg.augment, clicks="train",
+                               seed=cfg.seed, salt_pepper=cfg.salt_pepper)
     extra = unlabelled_set(cfg, spec, job.data_root, mcfg.in_size, log)
     if extra is not None:
         meta["n_unlabelled"] = len(extra)

@@ -8,8 +8,14 @@ and the ratio to a baseline measured in the same run: the seed's ``gaussian_nois
 before timing; that first call (library import, numba compilation of glass blur,
 first frost texture) is printed separately. Needs ``pip install 'petseg-bench[imagenet-c]'``.
 
+``--upscale F`` enlarges every image F times (Lanczos) before timing: the shared data
+copy is downscaled to a 256-px longer side, and ``--upscale 2`` brings it near the
+official release's size (about 500 x 375 px) to estimate the cost there; the output
+says so.
+
     python benchmarks/imagenet_c_cost.py --images 8
     python benchmarks/imagenet_c_cost.py --data-root ../shared/data/oxford-iiit-pet --images 32 --json out.json
+    python benchmarks/imagenet_c_cost.py --images 8 --upscale 2
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def load_images(root: Path, n: int) -> list[np.ndarray]:
+def load_images(root: Path, n: int, upscale: float = 1.0) -> list[np.ndarray]:
     folder = root / "images" if (root / "images").is_dir() else root
     paths = sorted(folder.glob("*.jpg"))
     if not paths:
@@ -69,7 +75,10 @@ def load_images(root: Path, n: int) -> list[np.ndarray]:
     images = []
     for p in paths[::step]:
         with Image.open(p) as im:
-            images.append(np.asarray(im.convert("RGB")).copy())
+            im = im.convert("RGB")
+            if upscale != 1.0:
+                im = im.resize((round(im.width * upscale), round(im.height * upscale)), Image.LANCZOS)
+            images.append(np.asarray(im).copy())
         if len(images) == n:
             break
     return images
@@ -96,13 +105,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="timed calls per cell; the fastest counts")
     ap.add_argument("--only", default="", help="comma-separated corruption names (default: all 19)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--upscale", type=float, default=1.0,
+                    help="enlarge each image F times (Lanczos) first, e.g. 2 for the official release's size")
     args = ap.parse_args()
 
     missing = imagenet_c.missing_extra()
     if missing:
         print(missing, file=sys.stderr)
         return 2
-    images = load_images(args.data_root, args.images)
+    images = load_images(args.data_root, args.images, args.upscale)
     sizes = sorted({im.shape[:2] for im in images}, key=lambda s: -s[0] * s[1])
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(imagenet_c.ALL)
     specs = {s.name: s for s in imagenet_c.specs()}
@@ -112,7 +123,8 @@ def main() -> int:
 
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores), {platform.platform()}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
-    print(f"{len(images)} images from {args.data_root}, original resolution "
+    where = "original resolution" if args.upscale == 1.0 else f"upscaled {args.upscale:g}x (Lanczos)"
+    print(f"{len(images)} images from {args.data_root}, {where} "
           f"({min(s[0] for s in sizes)}-{max(s[0] for s in sizes)} x {min(s[1] for s in sizes)}-"
           f"{max(s[1] for s in sizes)} px, {np.mean([im.shape[0] * im.shape[1] for im in images]) / 1e3:.0f} kpx mean)")
     print(f"baseline: gaussian_noise (perturbations/noise.py) std {BASELINE_STD:g}: {base:.2f} ms/image")
@@ -141,7 +153,8 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_name(),
-            "cores": os.cpu_count(), "versions": versions(), "images": len(images),
+            "cores": os.cpu_count(), "versions": versions(), "images": len(images), "upscale": args.upscale,
+            "mean_kpx": float(np.mean([im.shape[0] * im.shape[1] for im in images]) / 1e3),
             "baseline_ms": base, "baseline": f"gaussian_noise std {BASELINE_STD:g}", "corruptions": rows,
         }, indent=2))
         print(f"written: {args.json}")

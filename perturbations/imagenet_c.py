@@ -10,8 +10,14 @@ Optional plugin pack: ``pip install 'petseg-bench[imagenet-c]'``. It registers t
   ``zoom_blur``; weather: ``snow``, ``frost``, ``fog``; digital: ``brightness``,
   ``contrast``, ``elastic_transform``, ``pixelate``, ``jpeg_compression``;
 * the 4 extra (held-out) ones: ``speckle_noise``, ``gaussian_blur``, ``spatter``,
-  ``saturate``. They are not part of the standard 15 (ImageNet-C's mCE averages those
-  only); select the 15 with ``--perturbations`` and :data:`COMMON` if that matters.
+  ``saturate``. They are not part of the standard 15: ImageNet-C's mCE averages those
+  only.
+
+The 15 declare the family ``imagenet-c`` and the 4 extra ones the family
+``imagenet-c-extra`` (``PerturbationSpec.family``), so the report computes ImageNet-C's
+mCE and relative mCE over the 15 alone and gives the extra ones their own figures, and a
+run that also sweeps other perturbations (the seed's eight) never blends them into one
+mCE.
 
 The library
 -----------
@@ -25,10 +31,15 @@ themselves (another spatter, a different elastic transform and motion blur kerne
 BOX upsampling in pixelate). Motion blur in ImageNet-C needs ImageMagick (Wand); this
 library replaces it with its own numpy shift-and-add kernel with the same (radius,
 sigma, angle) parameters, so no system library is needed. Frost's six textures ship
-inside the library's wheel (``imagecorruptions/frost/*``). Glass blur's pixel
-shuffle is compiled with numba (a dependency of the library) on its first call in a
-process (9-13 s here), then costs 5-11x gaussian_noise; zoom blur is the slow one
-(30-60x, 0.15-0.3 s per 256-px image): leave it out with ``--perturbations`` if that matters.
+inside the library's wheel (``imagecorruptions/frost/*``).
+
+Cost (``benchmarks/imagenet_c_cost.py``, figures in ``benchmarks/README.md``): at the
+data's resolution most corruptions cost 1-12x the seed's ``gaussian_noise`` per image.
+Zoom blur is the slow one (30-50x: 11-16 zoomed copies of the whole image, about 90 ms
+per 256-px image and 350 ms at 512 px on 2 cores); saturate and brightness (HSV round
+trips, 8-12x) and glass blur (6-7x, and its numba pixel shuffle compiles on the first
+call in a process, 4-13 s once) follow. Leave zoom blur out with
+``--perturbations 'imagenet_c_[!z]*'`` if that matters.
 
 Randomness: every draw comes from the image's generator
 --------------------------------------------------------
@@ -62,11 +73,12 @@ to uint8 (``np.uint8``), and the input image is never modified.
 Without the library
 -------------------
 The module imports without it (the library is imported on first use only, which also
-keeps ``petseg-bench list`` fast). The hook then returns no specs: ``--perturbations
-all`` and ``list`` are unchanged for users without the extra and print no warning.
-:func:`missing_extra` gives the one line to show when a user asks for
-``imagenet_c*`` without it; calling a spec's ``apply`` without the library raises that
-line too.
+keeps ``petseg-bench list`` fast). The hook then returns the 19 specs marked
+``unavailable`` with the one line of :func:`missing_extra` (which extra to install):
+``list`` shows them as unavailable, ``--perturbations all`` and wildcards such as
+``'*blur'`` leave them out without a warning, and asking for ``imagenet_c_*`` or one of
+them by name stops with that line. Calling a spec's ``apply`` without the library
+raises that line too.
 
 Small images
 ------------
@@ -116,11 +128,16 @@ COMMON: tuple[str, ...] = (
 EXTRAS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ALL: tuple[str, ...] = COMMON + EXTRAS
 
-#: Cost notes from benchmarks/imagenet_c_cost.py (256-px images, 2 cores), shown in the
-#: description. Most corruptions cost 1-12x the seed's gaussian_noise per image.
+#: ``PerturbationSpec.family`` of the 15 and of the 4 extra ones (scored apart).
+FAMILY, FAMILY_LABEL = "imagenet-c", "ImageNet-C"
+EXTRA_FAMILY, EXTRA_FAMILY_LABEL = "imagenet-c-extra", "ImageNet-C extra (held out)"
+
+#: Cost notes from benchmarks/imagenet_c_cost.py (the data's 256-px images, 2 cores), shown
+#: in the description. Most corruptions cost 1-12x the seed's gaussian_noise per image.
 SLOW = {
-    "zoom_blur": "slow: 11-16 zoomed copies, 30-60x the cost of gaussian_noise, 0.15-0.3 s per 256-px image",
-    "glass_blur": "its numba pixel shuffle compiles on first use in a process, 9-13 s once",
+    "zoom_blur": "slow: 11-16 zoomed copies, 30-50x the cost of gaussian_noise, about 0.09 s per 256-px "
+                 "image; leave out with --perturbations 'imagenet_c_[!z]*'",
+    "glass_blur": "6-7x gaussian_noise; its numba pixel shuffle compiles on first use in a process, 4-13 s once",
 }
 
 DESCRIPTIONS = {
@@ -307,8 +324,10 @@ def specs() -> list[PerturbationSpec]:
         description = f"ImageNet-C {DESCRIPTIONS[name]}"
         if name in SLOW:
             description += f" ({SLOW[name]})"
+        family = (FAMILY, FAMILY_LABEL) if name in COMMON else (EXTRA_FAMILY, EXTRA_FAMILY_LABEL)
         out.append(PerturbationSpec(name=f"{PREFIX}{name}", param="severity", levels=SEVERITIES,
-                                    apply=make_apply(name), description=description))
+                                    apply=make_apply(name), description=description,
+                                    family=family[0], family_label=family[1]))
     return out
 
 

@@ -12,6 +12,8 @@ from typing import Sequence
 from petseg_bench import hookimpl
 from petseg_bench.specs import PerturbationSpec
 
+from . import SEED_FAMILY, SEED_FAMILY_LABEL
+
 GAUSSIAN_STDS = (0, 2, 4, 6, 8, 10, 12, 14, 16, 18)
 SALT_AND_PEPPER_AMOUNTS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12, 0.14, 0.16, 0.18)
 
@@ -85,6 +87,8 @@ def petseg_bench_perturbations():
             levels=GAUSSIAN_STDS,
             apply=gaussian_noise,
             description="additive Gaussian noise N(0, std) per value, clipped, truncated to uint8",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
         PerturbationSpec(
             name="salt_and_pepper",
@@ -93,5 +97,7 @@ def petseg_bench_perturbations():
             apply=salt_and_pepper,
             description="each value set to 0 or 255 (equally likely) with probability amount; "
                         "untouched values truncated through the seed's float round trip (24 grey levels one lower)",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
     ]

@@ -14,6 +14,8 @@ from typing import Sequence
 from petseg_bench import hookimpl
 from petseg_bench.specs import PerturbationSpec
 
+from . import SEED_FAMILY, SEED_FAMILY_LABEL
+
 CONTRAST_INCREASE = (1.00, 1.01, 1.02, 1.03, 1.04, 1.05, 1.10, 1.15, 1.20, 1.25)
 CONTRAST_DECREASE = (1.00, 0.95, 0.90, 0.85, 0.80, 0.60, 0.40, 0.30, 0.20, 0.10)
 BRIGHTNESS_INCREASE = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45)
@@ -74,6 +76,8 @@ def petseg_bench_perturbations():
             levels=CONTRAST_INCREASE,
             apply=contrast,
             description="pixel * factor (> 1), clipped, truncated to uint8",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
         PerturbationSpec(
             name="contrast_decrease",
@@ -81,6 +85,8 @@ def petseg_bench_perturbations():
             levels=CONTRAST_DECREASE,
             apply=contrast,
             description="pixel * factor (< 1), truncated to uint8",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
         PerturbationSpec(
             name="brightness_increase",
@@ -88,6 +94,8 @@ def petseg_bench_perturbations():
             levels=BRIGHTNESS_INCREASE,
             apply=brightness,
             description="pixel + offset, clipped to 255",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
         PerturbationSpec(
             name="brightness_decrease",
@@ -95,5 +103,7 @@ def petseg_bench_perturbations():
             levels=BRIGHTNESS_DECREASE,
             apply=brightness,
             description="pixel + offset (negative), clipped to 0",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
     ]

@@ -11,6 +11,8 @@ from typing import Sequence
 from petseg_bench import hookimpl
 from petseg_bench.specs import PerturbationSpec
 
+from . import SEED_FAMILY, SEED_FAMILY_LABEL
+
 BLUR_ITERATIONS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
 OCCLUSION_SIDES = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45)
 
@@ -78,6 +80,8 @@ def petseg_bench_perturbations():
             levels=BLUR_ITERATIONS,
             apply=gaussian_blur,
             description="repeated 3x3 [[1,2,1],[2,4,2],[1,2,1]]/16 convolution (cv2.filter2D)",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
         PerturbationSpec(
             name="occlusion",
@@ -85,5 +89,7 @@ def petseg_bench_perturbations():
             levels=OCCLUSION_SIDES,
             apply=occlusion,
             description="black side x side square at a uniformly random position",
+            family=SEED_FAMILY,
+            family_label=SEED_FAMILY_LABEL,
         ),
     ]

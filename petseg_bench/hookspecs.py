@@ -63,6 +63,10 @@ def petseg_bench_perturbations():
     evaluation clicks ``[B, 2]`` (y, x) in original image pixels moved with the ground
     truth at hand, one generator per image. Its cells are computed only for models with
     a ``point`` input; for the others the report shows n/a.
+
+    ``family`` (and ``family_label``) names the corruption family a perturbation belongs
+    to, e.g. a benchmark's standard set: corruption errors (CE) are averaged per family,
+    so a run mixing families reports an mCE per family instead of one over everything.
     """
 
 

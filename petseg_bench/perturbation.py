@@ -37,7 +37,8 @@ def perturb(spec: PerturbationSpec, images: Sequence[np.ndarray], level: int, id
     try:
         out = spec.apply(images, value, rngs)
     except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
-        raise PluginError(f"perturbation {spec.name} level {level} failed on images {ids[0]}..: "
+        where = failing_image(spec, images, level, ids, seed)
+        raise PluginError(f"perturbation {spec.name} level {level} failed on {where}: "
                           f"{type(exc).__name__}: {one_line(exc)}") from None
     if not isinstance(out, (list, tuple)) or len(out) != len(images):
         raise PluginError(f"perturbation {spec.name} level {level} returned {type(out).__name__} "
@@ -48,6 +49,21 @@ def perturb(spec: PerturbationSpec, images: Sequence[np.ndarray], level: int, id
             raise PluginError(f"perturbation {spec.name} level {level} returned {got} for image {image_id}; "
                               f"expected uint8 {src.shape}")
     return list(out)
+
+
+def failing_image(spec: PerturbationSpec, images: Sequence[np.ndarray], level: int, ids: Sequence[str],
+                  seed: int) -> str:
+    """Which image of a batch that failed makes ``spec`` fail on its own (each image is
+    retried alone, with its own generator, until one fails): ``image ID (HxW px)``, or the
+    batch when every image passes alone. Runs on the error path only."""
+    for img, image_id in zip(images, ids):
+        try:
+            spec.apply([img], spec.levels[level], [image_rng(seed, spec.name, level, image_id)])
+        except Exception:  # noqa: BLE001 - this image is the one to name
+            shape = getattr(img, "shape", ())
+            size = f" ({shape[0]}x{shape[1]} px)" if len(shape) >= 2 else ""
+            return f"image {image_id}{size}"
+    return f"the batch of images {ids[0]}.. (each passes alone)" if ids else "an empty batch"
 
 
 def perturb_clicks(spec: PerturbationSpec, labels: Sequence[np.ndarray], level: int, ids: Sequence[str],

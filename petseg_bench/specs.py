@@ -161,6 +161,12 @@ class PaperFigures:
     robustness: str = ""
 
 
+def _train_fields() -> frozenset[str]:
+    from .config import TrainConfig
+
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model family a plugin offers.
@@ -339,6 +345,15 @@ class PerturbationSpec:
     pixel perturbations keep exactly the clicks they always had. A click perturbation's
     ``apply`` still runs on the pixels (use an identity to leave them clean). Its cells
     exist only for models with a ``point`` input.
+
+    ``family``: None, or the id of the corruption family the perturbation belongs to,
+    e.g. one benchmark's standard set (lower-case letters, digits, ``_`` or ``-``), with
+    ``family_label`` its display name (the id when empty). Corruption errors are
+    averaged per family: a run whose pixel perturbations span several families
+    (perturbations with no family count as one more group) gets an mCE and a relative
+    mCE per family, and none over the whole run, since a mean over two benchmarks'
+    corruptions is neither's figure. A plugin keeps held-out corruptions out of a
+    family's mean by giving them a family of their own.
     """
 
     name: str
@@ -349,6 +364,8 @@ class PerturbationSpec:
     unavailable: str | None = None
     target: str = "pixels"
     apply_clicks: ApplyClicksFn | None = None
+    family: str | None = None
+    family_label: str = ""
 
     @property
     def acts_on_clicks(self) -> bool:
@@ -366,6 +383,12 @@ class PerturbationSpec:
             raise ValueError("target 'clicks' needs a callable apply_clicks")
         if self.target == "pixels" and self.apply_clicks is not None:
             raise ValueError("apply_clicks is given but target is 'pixels' (set target='clicks')")
+        if self.family is not None and not (isinstance(self.family, str) and NAME_RE.match(self.family)):
+            raise ValueError(f"family {self.family!r} must be lower-case letters, digits, '_' or '-'")
+        if not isinstance(self.family_label, str) or "\n" in self.family_label or len(self.family_label) > 80:
+            raise ValueError("family_label must be one line of at most 80 characters")
+        if self.family_label and self.family is None:
+            raise ValueError("family_label is given without a family")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from .document import Callout, Figure, Gallery, Paragraph, Section
 from .fmt import DASH, level_ranges
 from .models import SEED_SOURCE, ModelView, label, robustness_notes
 from .summary import REDUCTION_DESCRIPTIONS
-from .tables import click_table, clean_table, per_class_table, provenance_tables, robustness_table, score_tables
+from .tables import (click_table, clean_table, family_table, per_class_table, provenance_tables, robustness_table,
+                     score_tables)
 
 VOID_TEXT = {"nearest": "filled from the nearest valid pixel (the seed's choice)",
              "ignore": "ignored (left out of every confusion matrix)"}
@@ -39,7 +40,27 @@ def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], models: M
     ]
     if summary.get("click_perturbations"):
         sections.insert(5, click_section(summary, models, run_dir, click_paths or {}))
+    families = summary["scores"].get("families") or {}
+    sections[4:4] = [family_section(fid, family, summary, models) for fid, family in families.items()]
     return sections
+
+
+def family_section(family_id: str, family: Mapping[str, Any], summary: Mapping[str, Any],
+                   models: Mapping[str, ModelView]) -> Section:
+    """One corruption family's mCE, relative mCE and per-corruption CE (the run's
+    perturbations span several families, so the overview gives no run-wide mCE)."""
+    n = len(family["perturbations"])
+    text = (f"Corruption errors over the {n} perturbation{'s' if n != 1 else ''} of the {family['label']} family "
+            f"(id {family_id}) alone, normalised by "
+            f"{label(models, summary['scores']['reference_model'])}; the formula is under the table.")
+    members = family.get("members") or []
+    if family.get("complete") is False:
+        missing = [p for p in members if p not in family["perturbations"]]
+        text += (f" This run has {n} of the family's {len(members)} perturbations (not {', '.join(missing)}): its "
+                 f"mCE is the mean over those {n}, not the family's full mCE, and compares only with runs of the same "
+                 f"{n}.")
+    return Section(f"family-{family_id}", f"{family['label']}: mCE and corruption errors",
+                   [Paragraph(text), family_table(family, summary, models)])
 
 
 def click_section(summary: Mapping[str, Any], models: Mapping[str, ModelView], run_dir: Path,

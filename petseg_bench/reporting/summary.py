@@ -11,9 +11,19 @@ record (``run.json``):
   Dice (the seed study's robustness plots used it): mean over the perturbed levels,
   relative robustness, normalised area under the Dice-vs-level curve, and the ImageNet-C
   corruption errors normalised by a reference model (CE, relative CE; mCE and relative
-  mCE per model).
+  mCE per model);
+- ``scores.families`` (only when the run's pixel perturbations span more than one
+  corruption family, see ``PerturbationSpec.family``; perturbations with no family are
+  one more group): per family its label, its perturbations in the run, all its installed
+  members and whether the run has them all (``complete``), levels, and per model mean
+  Dice, mCE and relative mCE over that family's perturbations in the run alone. The run-wide ``mce`` and
+  ``relative_mce`` are then None: a mean over two benchmarks' corruptions is neither's
+  figure. A run of one family has no ``families`` block: its run-wide figures are that
+  family's.
 
 Only levels present in the run are used; a figure that cannot be computed is ``None``.
+Families come from run.json's ``perturbation_families`` (``{name: {"family", "label"}}``)
+where the sweep recorded them, else from the installed plugins' specs.
 """
 
 from __future__ import annotations
@@ -162,6 +172,83 @@ def robustness_scores(clean: Mapping[str, float | None], curves: Mapping[str, Ma
     return out
 
 
+def perturbation_families(run: Mapping[str, Any], perturbations: Sequence[str]) -> dict[str, dict]:
+    """``name -> {"family": id or None, "label": display name}``: as recorded in the run
+    record, else as the installed plugin declares it (no family when it is not installed)."""
+    recorded = run.get("perturbation_families") or {}
+    specs: Mapping[str, Any] | None = None
+    out = {}
+    for p in perturbations:
+        info = recorded.get(p)
+        if info is None:
+            if specs is None:
+                from ..plugins import get_registry
+
+                specs = get_registry().perturbations
+            spec = specs.get(p)
+            info = {"family": getattr(spec, "family", None), "label": getattr(spec, "family_label", "")}
+        family = info.get("family")
+        out[p] = {"family": family, "label": (info.get("label") or family) if family else ""}
+    return out
+
+
+def declared_members(family: str) -> list[str] | None:
+    """Every installed perturbation of ``family`` (available or not), or None when no
+    installed plugin declares it (a report re-rendered without the plugin)."""
+    from ..plugins import get_registry
+
+    names = sorted(n for n, s in get_registry().perturbations.items() if s.family == family)
+    return names or None
+
+
+def family_scores(models: Mapping[str, dict], perturbations: Sequence[str],
+                  families: Mapping[str, Mapping[str, Any]], members=declared_members) -> dict | None:
+    """Per family: ``{"label", "perturbations", "members", "complete", "levels", "models":
+    {m: {"clean_mdice", "mean_dice", "mce", "relative_mce"}}}`` over that family's
+    perturbations in the run only, from the per-perturbation rows of
+    :func:`robustness_scores`. ``members(family)``: all the family's perturbations (None
+    if unknown); ``complete`` says whether the run has them all (None if unknown). None
+    when ``perturbations`` form one group (one family, or none declared): the run-wide
+    figures are then its."""
+    groups: dict[str | None, list[str]] = {}
+    for p in perturbations:
+        groups.setdefault((families.get(p) or {}).get("family"), []).append(p)
+    if len(groups) < 2:
+        return None
+    out = {}
+    for family, perts in groups.items():
+        if family is None:
+            continue
+        per_model = {}
+        for m, s in models.items():
+            agg = _aggregate({p: s["perturbations"][p] for p in perts if p in s["perturbations"]}, perts)
+            per_model[m] = {"clean_mdice": s["clean_mdice"], "mean_dice": agg["mean_dice"], "mce": agg["mce"],
+                            "relative_mce": agg["relative_mce"]}
+        levels = sorted({lv for s in models.values() for p in perts
+                         for lv in (s["perturbations"].get(p) or {}).get("levels", [])})
+        label = next((families[p]["label"] for p in perts if families[p].get("label")), family)
+        declared = members(family)
+        out[family] = {"label": label, "perturbations": perts, "members": declared,
+                       "complete": None if declared is None else set(declared) <= set(perts), "levels": levels,
+                       "models": per_model}
+    return out
+
+
+def score_block(clean: Mapping[str, float | None], curves: Mapping[str, Mapping[str, Mapping[int, float]]],
+                perturbations: Sequence[str], reference: str, families: Mapping[str, Mapping[str, Any]]) -> dict:
+    """summary.json's ``scores``: run-wide figures per model, and per family where the
+    perturbations span several (the run-wide mCE is then None, see the module docstring)."""
+    models = robustness_scores(clean, curves, perturbations, reference)
+    block = {"reduction": SCORE_REDUCTION, "reference_model": reference, "reference_in_run": reference in clean,
+             "models": models}
+    per_family = family_scores(models, perturbations, families)
+    if per_family is not None:
+        for s in models.values():
+            s["mce"] = s["relative_mce"] = None
+        block["families"] = per_family
+    return block
+
+
 # --- from the long table ------------------------------------------------------------------
 
 def run_order(df: pd.DataFrame, run: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -242,9 +329,7 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
         "clean": clean,
         "curves": {m: {p: {"levels": sorted(pts), **{r: [pts[lv][r] for lv in sorted(pts)] for r in REDUCTIONS}}
                        for p, pts in per.items()} for m, per in curves.items()},
-        "scores": {"reduction": SCORE_REDUCTION, "reference_model": reference_model,
-                   "reference_in_run": reference_model in models,
-                   "models": robustness_scores(seed_clean, seed_curves, perts, reference_model)},
+        "scores": score_block(seed_clean, seed_curves, perts, reference_model, perturbation_families(run, perts)),
     }
 
 

@@ -137,6 +137,7 @@ def _score_definitions(scores: Mapping[str, Any], ref: str) -> str:
 
 def score_tables(summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> list[Table]:
     scores = summary["scores"]
+    families = scores.get("families") or {}
     overview, detail = [], []
     for m in summary["models"]:
         s = scores["models"].get(m)
@@ -151,12 +152,68 @@ def score_tables(summary: Mapping[str, Any], models: Mapping[str, ModelView]) ->
                 detail.append([p, label(models, m), pct(r["mean_dice"]), fixed(r["relative_robustness"]),
                                fixed(r["auc"]), fixed(r["ce"]), fixed(r["relative_ce"])])
     defs = _score_definitions(scores, label(models, scores["reference_model"]))
+    if families:
+        names = ", ".join(f["label"] for f in families.values()) + (", and none" if _unassigned(summary) else "")
+        defs += (f" This run's perturbations belong to several corruption families ({names}): mCE and relative mCE "
+                 f"are given per family, in the family sections, never over all of them.")
     return [
         Table(["model", "clean mDice %", "mean Dice % (perturbed)", "relative robustness", "AUC", "mCE", "relative mCE"],
               overview, caption=f"Per model, averaged over perturbations. {defs}"),
         Table(["perturbation", "model", "mean Dice % (L≥1)", "relative robustness", "AUC", "CE", "relative CE"], detail,
               caption="Per model and perturbation.", text_columns=2),
     ]
+
+
+def _unassigned(summary: Mapping[str, Any]) -> list[str]:
+    """The pixel perturbations of the run that belong to no family."""
+    members = {p for f in (summary["scores"].get("families") or {}).values() for p in f["perturbations"]}
+    return [p for p in summary["perturbations"] if p not in members]
+
+
+def short_names(names: list[str]) -> list[str]:
+    """Column headers: the names without the prefix they all share (up to its last ``_``)."""
+    if len(names) < 2:
+        return list(names)
+    common = names[0]
+    for n in names[1:]:
+        while not n.startswith(common):
+            common = common[:-1]
+    cut = common.rfind("_") + 1
+    return [n[cut:].replace("_", " ") for n in names]
+
+
+def family_definitions(family: Mapping[str, Any], ref: str, reduction: str) -> str:
+    n = len(family["perturbations"])
+    levels = ", ".join(str(lv) for lv in family["levels"]) or "none"
+    return (f"Corruption errors as in Hendrycks & Dietterich (ICLR 2019), with mean Dice D ({reduction} reduction) in "
+            f"place of top-1 accuracy and the reference model ref = {ref} in place of AlexNet. Per corruption c, over "
+            f"its severities s present in the run ({levels}): CE_c = Σ_s (1 − D_s,c) / Σ_s (1 − D^ref_s,c); relative "
+            f"CE_c = Σ_s (D_clean − D_s,c) / Σ_s (D^ref_clean − D^ref_s,c). mCE and relative mCE: the mean of CE_c "
+            f"and of relative CE_c over this family's {n} corruption{'s' if n != 1 else ''} (undefined when any term "
+            f"is, e.g. a corruption missing for a model). Below 1: more robust than {ref}; {ref} scores 1.000.")
+
+
+def family_table(family: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> Table:
+    """One corruption family: per model clean mDice, mean Dice over the family, mCE,
+    relative mCE, then the CE of each corruption."""
+    scores, perts = summary["scores"], list(family["perturbations"])
+    rows = []
+    for m in summary["models"]:
+        f = family["models"].get(m)
+        if not f:
+            continue
+        per = (scores["models"].get(m) or {}).get("perturbations", {})
+        rows.append([label(models, m), pct(f["clean_mdice"]), pct(f["mean_dice"]), fixed(f["mce"]),
+                     fixed(f["relative_mce"]), *[fixed((per.get(p) or {}).get("ce")) for p in perts]])
+    heads = short_names(perts)
+    ref = label(models, scores["reference_model"])
+    missing = "" if scores["reference_in_run"] else f" {ref} is not in this run, so no CE is defined."
+    return Table(["model", "clean mDice %", "mean Dice % (perturbed)", "mCE", "relative mCE", *heads], rows,
+                 caption=(f"{family['label']}: {family_definitions(family, ref, scores['reduction'])} The last "
+                          f"{len(perts)} columns are CE_c per corruption ({', '.join(perts)}).{missing}"),
+                 groups=[("", 1), ("", 4), ("CE per corruption", len(perts))],
+                 md_headers=["model", "clean mDice %", "mean Dice % (perturbed)", "mCE", "relative mCE",
+                             *[f"CE {h}" for h in heads]])
 
 
 # --- provenance ---------------------------------------------------------------------------------

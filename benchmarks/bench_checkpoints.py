@@ -29,13 +29,20 @@ from petseg_bench.provenance import code_version
 UNTRAINED = "untrained (benchmark)"
 
 
+def profile_config(model: str, profile: str, options: Mapping[str, Any] | None = None):
+    """(spec, TrainConfig, ModelConfig) of ``model`` at ``profile``, as ``petseg-bench
+    train MODEL --profile PROFILE`` resolves them: the profile's fields, the spec's own
+    per-profile fields and options (e.g. a larger ``in_size``), then ``options``."""
+    spec = get_registry().get("model", model)
+    train_cfg, generic = resolve(profile, {}, {}, spec)
+    return spec, train_cfg, spec.config(generic, dict(options or {}), profile)
+
+
 def save_untrained(folder: Path, model: str, profile: str, options: Mapping[str, Any] | None = None,
                    seed: int = 0) -> Path:
     """``folder/<model>/best.pt``: ``model`` built at ``profile`` (its generic fields and
     the spec's per-profile options, ``options`` on top) with seeded random weights."""
-    spec = get_registry().get("model", model)
-    train_cfg, generic = resolve(profile, {}, {})
-    config = spec.config(generic, dict(options or {}), profile)
+    spec, train_cfg, config = profile_config(model, profile, options)
     runtime = Runtime.choose("cpu", "fp32")  # where the weights are built; the sweep picks its own
     backbone = attach_backbone(spec, config)
     net = build_model(spec, config, runtime, seed)

@@ -1,18 +1,25 @@
 """Sweep throughput: the `run` engine against a seed-style loop and against pure compute.
 
-On the same U-Net checkpoint and the same N test images, over the same cells, time:
+For each model of ``--models`` (any registered model, configured as ``petseg-bench train
+MODEL --profile P`` configures it, with untrained weights), on the same N test images,
+over the same cells, time:
   (a) a seed-style loop: per image and level, perturb, preprocess (Albumentations
       LongestMaxSize + PadIfNeeded + Normalize), single-image fp32 forward, resize the
-      prediction back, metrics;
-  (b) the `run` engine (petseg_bench.engine.sweep.run_sweep);
-  (c) pure batched forward of the same number of image-levels, no data work;
+      prediction back, metrics (only for models whose one input is the image: the
+      seed's loop fed nothing else);
+  (b) the `run` engine (petseg_bench.engine.sweep.run_sweep), the model swept alone;
+  (c) pure batched forward of the same number of image-levels, no data work (the
+      frozen backbone's features and the click included: the model needs them),
+      timed half before and half after (b);
   (d) this machine's matmul rate (2048^3, all torch threads) in the engine's precision
       (bf16 where the CPU has native bf16, else fp32: emulated bf16 would take minutes).
-and print image-levels/s of a, b, c, the ratios b/a and b/c, and b's achieved GFLOP/s
-as a fraction of d. Every figure comes from this one run.
+and print image-levels/s of a, b, c, the ratios b/a and c/b, and b's achieved GFLOP/s
+(model and backbone) as a fraction of d. Every figure comes from this one run.
 
     python benchmarks/sweep_throughput.py --profile paper --images 8
     python benchmarks/sweep_throughput.py --profile quick --images 60
+    python benchmarks/sweep_throughput.py --profile reference --images 16 --batch-size 16 --skip-seed-style \
+        --models unet,effnet_unet,clip_unet,point_clip_unet,clip_only,autoencoder
 """
 
 from __future__ import annotations
@@ -29,14 +36,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import contextlib  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench_checkpoints import save_untrained  # noqa: E402  (benchmarks/, beside this script)
+from petseg_bench.backbones import FeatureCache  # noqa: E402
 from petseg_bench.config import PROFILES  # noqa: E402
 from petseg_bench.data.cache import prepare  # noqa: E402
 from petseg_bench.data.split import limit as limit_positions  # noqa: E402
+from petseg_bench.engine.inputs import model_inputs  # noqa: E402
 from petseg_bench.engine.predictor import Predictor, load_predictor  # noqa: E402
 from petseg_bench.engine.runtime import Runtime  # noqa: E402
 from petseg_bench.engine.sweep import SweepJob, SweepPlan, run_sweep  # noqa: E402
@@ -67,12 +78,23 @@ def matmul_gflops(runtime: Runtime, n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def model_flops(model: torch.nn.Module, size: int) -> float:
+def model_flops(predictor: Predictor) -> float:
+    """FLOPs of one image through the model and its frozen backbone (if any), in fp32."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    size = predictor.config.in_size
+    x, points = dummy_batch(predictor, 1)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(image=torch.zeros(1, 3, size, size))
+        inputs = model_inputs(predictor.spec, x, points, predictor.backbone, FeatureCache(), contextlib.nullcontext)
+        predictor.model(**inputs)
     return float(counter.get_total_flops())
+
+
+def dummy_batch(predictor: Predictor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A random uint8 letterboxed batch, and a click in the middle for a model that takes one."""
+    size = predictor.config.in_size
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return x, (torch.full((batch, 2), size // 2, dtype=torch.int64) if predictor.needs_clicks else None)
 
 
 def seed_style(model, config, images, labels, ids, levels, seed, useful: int) -> float:
@@ -104,20 +126,67 @@ def seed_style(model, config, images, labels, ids, levels, seed, useful: int) ->
 
 
 def pure_forward(predictor: Predictor, n: int, batch: int) -> float:
-    """(c): the engine's batched forward (its precision, channels_last) with no data work at all."""
-    size = predictor.config.in_size
-    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    predictor.logits(x)  # warm-up
+    """Seconds of (c): the engine's batched forward (its precision, channels_last, the
+    frozen backbone's features, the click) for ``n`` images, with no data work at all."""
+    x, points = dummy_batch(predictor, batch)
     done = 0
     t0 = time.perf_counter()
     while done < n:
-        predictor.logits(x)
+        predictor.logits(x, points)
         done += batch
-    return done / (time.perf_counter() - t0)
+    return (time.perf_counter() - t0) * n / done
+
+
+def measure(name: str, args, data: dict, tmp: Path, runtime: Runtime, d: float) -> dict:
+    """(a), (b), (c) of one model over the same cells; (c) is timed half before and half
+    after (b), so a background load that drifts hits both alike."""
+    seed, levels, n = data["seed"], data["levels"], data["image_levels"]
+    # The model at the profile's width; throughput does not depend on the weights.
+    ckpt = save_untrained(tmp / "ckpt", name, args.profile, seed=seed)
+    pure = load_predictor(ckpt, runtime, expect_model=name)  # BatchNorm folded: the model the engine runs
+    config = pure.config
+    flops = model_flops(pure)  # FLOPs do not depend on weights or BN folding
+    if args.compile:
+        pure.compile(args.batch_size)
+    pure.logits(*dummy_batch(pure, args.batch_size))  # warm-up
+    c_time = pure_forward(pure, n // 2, args.batch_size)
+    t0 = time.perf_counter()
+    plan = SweepPlan([name], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
+                     limit=args.images, compile=args.compile)
+    record = run_sweep(SweepJob(plan, tmp / "ckpt", tmp / f"run-{name}", Path(args.data_root)), log=lambda m: None)
+    b_total = n / (time.perf_counter() - t0)
+    b = record["image_levels_per_s"]
+    c = n / (c_time + pure_forward(pure, n - n // 2, args.batch_size))
+    # The seed ran the model as trained: fp32, BatchNorm not folded, one image at a time;
+    # its loop fed the image alone, so only models with no other input have one.
+    a = None if args.skip_seed_style or tuple(pure.spec.inputs) != ("image",) else seed_style(
+        load_predictor(ckpt, Runtime.choose(precision="fp32"), expect_model=name, fold_bn=False).model,
+        config, data["images"], data["labels"], data["ids"], levels, seed, n)
+    row = {
+        "model": f"{name} base {config.base_channels} at {config.in_size} px",
+        "backbone": pure.spec.backbone_key(config),
+        "model_gflop_per_image": round(flops / 1e9, 3),
+        "a_seed_style_image_levels_per_s": None if a is None else round(a, 3),
+        "b_engine_image_levels_per_s": round(b, 3),
+        "b_engine_including_setup_image_levels_per_s": round(b_total, 3),
+        "c_pure_forward_image_levels_per_s": round(c, 3),
+        "speedup_engine_over_seed_style": None if a is None else round(b / a, 3),
+        "time_ratio_engine_over_pure_forward": round(c / b, 3),
+        "engine_gflops": round(b * flops / 1e9, 1),
+        "engine_fraction_of_matmul_rate": round(b * flops / 1e9 / d, 3),
+    }
+    print(f"{name}: base {config.base_channels} at {config.in_size} px, {flops / 1e9:.2f} GFLOP/image"
+          + (f"; (a) seed-style {a:.2f}" if a is not None else "")
+          + f"; (b) engine {b:.2f} ({b_total:.2f} with setup); (c) pure forward {c:.2f} image-levels/s; "
+          + (f"b/a = {b / a:.2f}x; " if a is not None else "")
+          + f"c/b = {c / b:.2f} (engine time over pure compute); b = {b * flops / 1e9:.1f} GFLOP/s "
+          f"= {b * flops / 1e9 / d:.0%} of d", flush=True)
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="unet", help="Registered model names, comma-separated; each is swept alone.")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--levels", default="1,5,9")
@@ -130,68 +199,33 @@ def main() -> None:
     levels = [int(v) for v in args.levels.split(",")]
     seed = 0
     runtime = Runtime.choose()
+    test = prepare(Path(args.data_root), "test", "nearest")
+    positions = limit_positions(np.arange(len(test)), args.images, seed)
+    cells = [("clean", 0)] + [(p, lv) for p in PERTURBATIONS for lv in levels]
+    data = {"seed": seed, "levels": levels, "ids": [test.names[int(p)] for p in positions],
+            "images": [test.image(int(p)) for p in positions], "labels": [test.label(int(p)) for p in positions],
+            "image_levels": len(cells) * len(positions)}
+    d = matmul_gflops(runtime)
+    print(f"CPU: {hardware()}; runtime {runtime.describe()}; profile {args.profile}"
+          f"{' (torch.compile)' if args.compile else ''}; {len(positions)} images x {len(cells)} cells; "
+          f"(d) {runtime.precision} matmul {d:.1f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        # A U-Net at the profile's width; throughput does not depend on the weights.
-        ckpt = save_untrained(tmp / "ckpt", "unet", args.profile, seed=seed)
-        pure = load_predictor(ckpt, runtime, expect_model="unet")  # BatchNorm folded: the model the engine runs
-        spec, config = pure.spec, pure.config
-        test = prepare(Path(args.data_root), "test", "nearest")
-        positions = limit_positions(np.arange(len(test)), args.images, seed)
-        ids = [test.names[int(p)] for p in positions]
-        images = [test.image(int(p)) for p in positions]
-        labels = [test.label(int(p)) for p in positions]
-        cells = [("clean", 0)] + [(p, lv) for p in PERTURBATIONS for lv in levels]
-        n_image_levels = len(cells) * len(ids)
-
-        flops = model_flops(spec.build(config).eval(), config.in_size)  # FLOPs do not depend on weights or BN folding
-        d = matmul_gflops(runtime)
-        t0 = time.perf_counter()
-        plan = SweepPlan(["unet"], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
-                         limit=args.images, compile=args.compile)
-        record = run_sweep(SweepJob(plan, tmp / "ckpt", tmp / "run", Path(args.data_root)), log=lambda m: None)
-        b_total = n_image_levels / (time.perf_counter() - t0)
-        b = record["image_levels_per_s"]
-        if args.compile:
-            pure.compile(args.batch_size)
-        c = pure_forward(pure, n_image_levels, args.batch_size)
-        # The seed ran the model as trained: fp32, BatchNorm not folded.
-        a = None if args.skip_seed_style else seed_style(
-            load_predictor(ckpt, Runtime.choose(precision="fp32"), expect_model="unet", fold_bn=False).model,
-            config, images, labels, ids, levels, seed, n_image_levels)
+        rows = {name: measure(name, args, data, Path(tmp), runtime, d) for name in args.models.split(",")}
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": hardware(),
         "torch": torch.__version__,
         "profile": args.profile,
-        "model": f"unet base {config.base_channels} at {config.in_size} px",
-        "test_images": len(ids),
+        "test_images": len(positions),
         "cells": len(cells),
-        "image_levels": n_image_levels,
+        "image_levels": data["image_levels"],
         "runtime": runtime.describe(),
         "compile": args.compile,
-        "model_gflop_per_image": round(flops / 1e9, 3),
-        "a_seed_style_image_levels_per_s": None if a is None else round(a, 3),
-        "b_engine_image_levels_per_s": round(b, 3),
-        "b_engine_including_setup_image_levels_per_s": round(b_total, 3),
-        "c_pure_forward_image_levels_per_s": round(c, 3),
         f"d_{runtime.precision}_matmul_gflops": round(d, 1),
-        "speedup_engine_over_seed_style": None if a is None else round(b / a, 3),
-        "time_ratio_engine_over_pure_forward": round(c / b, 3),
-        "engine_gflops": round(b * flops / 1e9, 1),
-        "engine_fraction_of_matmul_rate": round(b * flops / 1e9 / d, 3),
+        "models": rows,
     }
-    print(f"profile {args.profile}{' (torch.compile)' if args.compile else ''}: U-Net base {config.base_channels} at {config.in_size} px, "
-          f"{flops / 1e9:.2f} GFLOP/image, {len(ids)} images x {len(cells)} cells")
-    if a is not None:
-        print(f"(a) seed-style loop      {a:9.2f} image-levels/s")
-    print(f"(b) run engine           {b:9.2f} image-levels/s  ({b_total:.2f} with setup)")
-    print(f"(c) pure batched forward {c:9.2f} image-levels/s")
-    print(f"(d) {runtime.precision} matmul          {d:9.1f} GFLOP/s")
-    if a is not None:
-        print(f"b/a = {b / a:.2f}x   ", end="")
-    print(f"c/b = {c / b:.2f} (engine time over pure compute)   b achieves {b * flops / 1e9:.1f} GFLOP/s "
-          f"= {b * flops / 1e9 / d:.0%} of d")
+    if len(rows) == 1:  # one model: its figures at the top level too, where they always were
+        result.update(next(iter(rows.values())))
     suffix = "_compiled" if args.compile else ""
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"sweep_throughput_{args.profile}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

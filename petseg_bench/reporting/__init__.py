@@ -2,9 +2,9 @@
 
 ``write_report(run_dir)`` reads the run folder (through :mod:`petseg_bench.results`),
 builds the summary (:mod:`.summary`), draws one Dice-vs-level plot per perturbation
-(:mod:`.plots`) and one example strip per perturbation (:mod:`.strips`), assembles the
-sections (:mod:`.sections`) and renders them as Markdown (:mod:`.markdown`) and HTML
-(:mod:`.html`). ``petseg-bench check`` lives in :mod:`.check`.
+(:mod:`.plots`) and one example strip per perturbation with each model's masks
+(:mod:`.strips`), assembles the sections (:mod:`.sections`) and renders them as
+Markdown (:mod:`.markdown`) and HTML (:mod:`.html`). ``petseg-bench check`` lives in :mod:`.check`.
 
 Nothing here knows a model: labels, backbones and the seed's published figures come from
 the run record and each model's spec (:mod:`.models`).
@@ -43,7 +43,7 @@ def write_report(run_dir: Path, data_root: Path | None = None, cache_dir: Path |
     plots_dir = run_dir / PLOTS_DIR
     curve_paths = {p: plot_curves(summary, p, labels, plots_dir / f"dice-{p}.png") for p in summary["perturbations"]}
     if examples:
-        strip_paths, strip_notes = example_strips(run, summary, plots_dir, data_root, cache_dir)
+        strip_paths, strip_notes = example_strips(run, summary, plots_dir, data_root, cache_dir, models)
     else:  # e.g. a report committed to a repository, which must hold no dataset pixels
         strip_paths, strip_notes = {}, ["Example images left out (--no-examples): they show dataset images."]
     pixel = {m: (summary["scores"]["models"].get(m) or {}).get("mean_dice") for m in summary["models"]}

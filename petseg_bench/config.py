@@ -147,9 +147,9 @@ PROFILES: dict[str, Profile] = {
     # seed's six transforms for the pretrained encoder.
     "reference": Profile(
         "reference", "a 2-core CPU in about 2 hours for all models: full trainval, 160 px, 16 base channels, "
-                     "20 epochs in one cosine cycle, class weights 1/1/1, light augmentation, unlabelled images "
+                     "15 epochs in one cosine cycle, class weights 1/1/1, light augmentation, unlabelled images "
                      "for mask-free phases; models add their own settings",
-        train={"epochs": 20, "batch_size": 16, "lr": 1e-3, "restart_epochs": 20, "patience": 0, "unlabelled": "auto",
+        train={"epochs": 15, "batch_size": 16, "lr": 1e-3, "restart_epochs": 15, "patience": 0, "unlabelled": "auto",
                "class_weights": (1.0, 1.0, 1.0), "augment": "light"},
         model={"in_size": 160, "base_channels": 16},
     ),

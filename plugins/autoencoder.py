@@ -141,7 +141,7 @@ def petseg_bench_models():
                             flag="--freeze-encoder/--finetune-encoder"),
             ),
             prepare_options=_prepare,
-            profiles={"quick": {"latent_dim": 256}, "reference": {"latent_dim": 512, "base_channels": 32}},
+            profiles={"quick": {"latent_dim": 256}, "reference": {"latent_dim": 512, "base_channels": 32, "epochs": 16, "restart_epochs": 16}},
             paper=PaperFigures("Autoencoder", (0.56, 0.63, 0.74), (0.75, 0.67, 0.27)),
         )
     ]

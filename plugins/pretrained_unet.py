@@ -103,7 +103,7 @@ def petseg_bench_models():
             ),
             prepare_options=_prepare,
             defaults={"in_size": 224},
-            profiles={"reference": {"in_size": 224}},
+            profiles={"reference": {"in_size": 224, "epochs": 20, "restart_epochs": 20}},
             lr_scales={"encoder.": 0.3},
         )
     ]

@@ -51,7 +51,7 @@ def petseg_bench_models():
             options=(ModelOption("upsample", "bilinear", "decoder upsampling", UPSAMPLE, flag="--upsample"),),
             upgrade=upgrade_upsample,
             # From scratch it needs more epochs than the pretrained models for the same budget.
-            profiles={"reference": {"epochs": 30, "restart_epochs": 30}},
+            profiles={"reference": {"epochs": 24, "restart_epochs": 24}},
             paper=PaperFigures("U-Net", (0.68, 0.75, 0.87), (0.84, 0.68, 0.52)),
         )
     ]

@@ -476,5 +476,23 @@ def baseline(run_dirs, out_file, tolerance):
     click.echo(write_baseline([Path(d) for d in run_dirs], Path(out_file), tolerance).text)
 
 
+@main.command()
+@click.option("--checkpoints", "checkpoints_dir", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
+              help="Folder with <model>/best.pt: every checkpoint found is offered.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+def app(checkpoints_dir, host, port):
+    """The interactive page: upload a photo, pick a model, click on the pet, watch it under corruption."""
+    from .app import gradio_missing
+
+    missing = gradio_missing()
+    if missing:
+        raise PetsegError(missing)
+    from .app.page import launch
+
+    click.echo(f"petseg-bench app on http://{host}:{port} (checkpoints: {checkpoints_dir}); Ctrl-C stops it", err=True)
+    launch(Path(checkpoints_dir), host, port)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -254,7 +254,8 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 @click.option("--wandb", is_flag=True, help="Log to Weights & Biases (offline unless WANDB_MODE says otherwise).")
 @click.pass_context
 def train(ctx, model, **opts):
-    """Train MODEL (a name from `petseg-bench list`)."""
+    """Train MODEL (a name from `petseg-bench list`); data-parallel under
+    `torchrun --nproc-per-node N` (--batch-size is the global batch)."""
     from .config import resolve
     from .engine.training import TrainJob
     from .engine.training import train as run_training
@@ -268,6 +269,8 @@ def train(ctx, model, **opts):
     job = TrainJob(model, cfg, resolve_data_root(opts["data_root"]), Path(opts["out_dir"]), fields, model_options,
                    opts["profile"], opts["resume"], _path(opts["cache_dir"]), opts["wandb"], opts["overwrite"])
     result = run_training(job, log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
+    if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: rank 0 reports
+        return
     click.echo(f"{model}: best validation mIoU {result.best_val_miou:.4f} (all-background baseline "
                f"{result.baseline_val_miou:.4f}) after {result.epochs_run} epochs, {result.images_per_s:.1f} train img/s")
     click.echo(f"checkpoint: {result.best_path}")
@@ -359,9 +362,26 @@ def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
 @click.option("--compile", "compile_models", is_flag=True,
               help="torch.compile each model: faster on long sweeps, after a cold start of ~15-30 s per model.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report at the end.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the (perturbation, level) groups run: this process, or Ray tasks "
+                   "(pip install 'petseg-bench[ray]').")
+@click.option("--address", default=None, help="Ray: the cluster to join (HOST:PORT, ray://HOST:PORT or auto). "
+                                               "Default: start a local Ray.")
+@click.option("--cpus-per-task", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Ray: CPUs (torch threads) per group task.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Compute only shard I of N (0 <= I < N) of the groups, e.g. "
+                   "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; `report` merges the shards.")
 def run(**opts):
     """Sweep models x perturbations x levels on the test split and write the report."""
-    from .engine.lock import folder_lock
+    from .engine.shard import parse_shard, run_lock
+
+    shard = parse_shard(opts["shard"])
+    check_scale_out(opts, shard)
+    if opts["backend"] == "ray":  # a missing Ray or a cluster that does not answer: said first
+        from .engine.ray_backend import check_address
+
+        check_address(opts["address"])
     from .engine.sweep import RUN_FOLDERS, SweepJob, SweepPlan, parse_levels, run_sweep
     from .plugins import get_registry
 
@@ -373,22 +393,38 @@ def run(**opts):
     root, cache, ckpt_dir = resolve_data_root(opts["data_root"]), _path(opts["cache_dir"]), Path(opts["checkpoints_dir"])
     plan = SweepPlan(model_names, pert_names, parse_levels(opts["levels"], n_levels), seed=opts["seed"],
                      batch_size=opts["batch_size"], limit=opts["limit"], void=opts["void"],
-                     compile=opts["compile_models"], extra={"data_root": str(root)})  # the report's example strips
+                     compile=opts["compile_models"], extra={"data_root": str(root)},  # the report's example strips
+                     shard=shard)
     plan.validate()  # before anything is trained or written
     out = Path(opts["out_dir"])
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    with folder_lock(out, RUN_FOLDERS, log):  # held through the sweep and the report
+    with run_lock(out, shard, RUN_FOLDERS, log):  # held through the sweep and the report
         if opts["train_missing"]:
             train_missing(model_names, ckpt_dir, root, cache, opts["void"])
-        job = SweepJob(plan, ckpt_dir, out, root, opts["resume"], cache, opts["precision"], opts["device"])
+        job = SweepJob(plan, ckpt_dir, out, root, opts["resume"], cache, opts["precision"], opts["device"],
+                       opts["backend"], opts["address"], opts["cpus_per_task"])
         record = run_sweep(job, progress=sys.stderr.isatty(), log=log)
-        click.echo(f"sweep: {len(model_names)} models x {len(pert_names)} perturbations x {len(plan.levels)} levels "
-                   f"on {len(record['image_ids'])} test images; {record['cells_computed']} cells computed "
-                   f"({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {out}")
-        if opts["report"]:
+        click.echo(f"sweep{f' shard {shard}' if shard else ''}: {len(model_names)} models x {len(pert_names)} "
+                   f"perturbations x {len(plan.levels)} levels on {len(record['image_ids'])} test images; "
+                   f"{record['cells_computed']} cells computed ({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {out}")
+        if shard is not None:
+            log(f"shard {shard} done; once every shard is, `petseg-bench report {out}` merges them "
+                f"(or `petseg-bench report FOLDER... --out MERGED` for one folder per shard)")
+        elif opts["report"]:
             from .reporting import write_report
 
             _echo_report(write_report(out, data_root=root, cache_dir=cache))
+
+
+def check_scale_out(opts: dict, shard) -> None:
+    """Options of ``run`` that only make sense together, in one line each."""
+    if opts["backend"] != "ray":
+        for name, default in (("address", None), ("cpus_per_task", 1)):
+            if opts[name] != default:
+                raise PetsegError(f"--{name.replace('_', '-')} is for --backend ray")
+    if shard is not None and opts["train_missing"]:
+        raise PetsegError("--train-missing cannot be combined with --shard (every shard would train the same models "
+                          "at once): train first, then start the shards")
 
 
 def train_missing(models: list[str], checkpoints_dir: Path, root: Path, cache: Path | None, void: str) -> None:
@@ -418,28 +454,36 @@ def _echo_report(paths: list[Path]) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Several folders (one per shard): merge them into this folder and report there.")
 @data_root_option
 @cache_option
 @click.option("--examples/--no-examples", default=True, show_default=True,
               help="Draw the example strips (they show test images; leave them out of committed reports).")
 @click.option("--reference-model", default="unet", show_default=True,
               help="The model that CE and mCE are normalised by.")
-def report(run_dir, data_root, cache_dir, examples, reference_model):
+def report(run_dirs, out_dir, data_root, cache_dir, examples, reference_model):
     """Write summary.json, report.md, index.html and plots/ for the sweep run in RUN_DIR.
 
-    The example images need the test split: --data-root, else the folder the run
-    recorded, else $PETSEG_DATA or the download cache; without it they are skipped.
+    Shards of a sweep (`run --shard I/N`) are merged first: those of one shared RUN_DIR
+    in place, those of several folders into --out. The example images need the test
+    split: --data-root, else the folder the run recorded, else $PETSEG_DATA or the
+    download cache; without it they are skipped.
     """
     from .engine.lock import folder_lock
+    from .engine.merge import merge_runs
     from .engine.sweep import RUN_FOLDERS
     from .reporting import write_report
     from .results import read_run
 
-    run_path = Path(run_dir)
-    recorded = read_run(run_path).get("data_root")
-    root = resolve_data_root(data_root) if data_root or not recorded else None  # None: the run's own folder
+    if len(run_dirs) > 1 and not out_dir:
+        raise PetsegError(f"report: {len(run_dirs)} run folders are merged into one: pass --out FOLDER")
+    run_path = Path(out_dir or run_dirs[0])
     with folder_lock(run_path, RUN_FOLDERS):  # not while a `run` still writes there
+        merge_runs([Path(d) for d in run_dirs], run_path, log=lambda m: click.echo(m, err=True))
+        recorded = read_run(run_path).get("data_root")
+        root = resolve_data_root(data_root) if data_root or not recorded else None  # None: the run's own folder
         _echo_report(write_report(run_path, data_root=root, cache_dir=_path(cache_dir), examples=examples,
                                   reference_model=reference_model))
 

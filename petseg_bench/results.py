@@ -8,6 +8,10 @@ model as ``cells/<model>/clean.parquet`` and shared by every perturbation. Other
 are ``cells/<model>/<perturbation>-L<level>.parquet``. Each row is one test image:
 its id, the nine confusion counts ``cm_t_p`` (truth t, prediction p) and which classes
 its ground truth contains.
+
+A shard of a sweep (``run --shard I/N``) writes its cells into the same ``cells/`` and
+its record to ``shards/<I>-of-<N>/run.json``, so several shards can share one folder;
+``report`` merges the shard records into ``run.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .errors import PetsegError
 from .labels import CLASS_NAMES, N_CLASSES
 
 RUN_FILE = "run.json"
+SHARDS_DIR = "shards"
 CLEAN = "clean"
 CM_COLUMNS = [f"cm_{t}_{p}" for t in range(N_CLASSES) for p in range(N_CLASSES)]
 PRESENT_COLUMNS = [f"has_{c}" for c in CLASS_NAMES]
@@ -35,6 +40,9 @@ def read_run(run_dir: Path) -> dict:
     """The run record of ``run_dir``; one clear line when it is missing or malformed."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
+        if shard_dirs(run_dir):
+            raise PetsegError(f"no {RUN_FILE} in {run_dir}, only shard records: merge them with "
+                              f"`petseg-bench report {run_dir}`")
         raise PetsegError(f"no {RUN_FILE} in {run_dir}: not a sweep run folder (make one with `petseg-bench run`)")
     try:
         record = json.loads(path.read_text())
@@ -47,6 +55,36 @@ def read_run(run_dir: Path) -> dict:
 
 def write_run(run_dir: Path, record: dict) -> None:
     write_json_atomic(Path(run_dir) / RUN_FILE, record)
+
+
+def shard_dir(run_dir: Path, index: int, count: int) -> Path:
+    """Where shard ``index`` of ``count`` keeps its record (and its lock) in ``run_dir``."""
+    return Path(run_dir) / SHARDS_DIR / f"{index}-of-{count}"
+
+
+def shard_dirs(run_dir: Path) -> list[Path]:
+    """The shard folders of ``run_dir`` that hold a record, in name order."""
+    return sorted(p.parent for p in (Path(run_dir) / SHARDS_DIR).glob(f"*-of-*/{RUN_FILE}") if p.is_file())
+
+
+def cell_files(run_dir: Path) -> list[Path]:
+    """Every cell file of a run folder (finished or not: see :func:`read_cell`)."""
+    return sorted((Path(run_dir) / "cells").glob("*/*.parquet"))
+
+
+def copy_cells(src: Path, dst: Path) -> int:
+    """Copy every cell file of ``src`` into ``dst`` (atomically, each replacing the one
+    there); a file that is not a readable cell is one error naming it. Returns the count."""
+    files = cell_files(src)
+    for path in files:
+        try:
+            pq.read_metadata(path)
+            data = path.read_bytes()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+            raise PetsegError(f"cell {path} is unreadable ({type(exc).__name__}); delete it and resume that "
+                              f"run to recompute it") from None
+        write_bytes_atomic(Path(dst) / path.relative_to(src), data)
+    return len(files)
 
 
 @dataclass(frozen=True)
@@ -104,7 +142,7 @@ def load_run(run_dir: Path) -> pd.DataFrame:
     file that cannot be read is an error naming it, never a silently thinner report
     (cells are written atomically, so only damage leaves one half-written)."""
     frames = []
-    for path in sorted((Path(run_dir) / "cells").glob("*/*.parquet")):
+    for path in cell_files(run_dir):
         try:
             table = pq.read_table(path)
             meta = json.loads(table.schema.metadata[b"petseg_bench"])

@@ -47,15 +47,16 @@ def kept_checkpoint(ctx) -> str:
 
 
 class Validation(HookBase):
-    """Validation mIoU / mDice (dataset reduction; mIoU seed too) after segmentation epochs."""
+    """Validation mIoU / mDice (dataset reduction; mIoU seed too) after segmentation epochs
+    (data-parallel: each rank validates its share, the per-image counts are gathered)."""
 
     def after_epoch(self, loop: TrainLoop) -> None:
         ctx = loop.ctx
         if ctx.phases[loop.state.phase].loss != "segmentation":
             return
-        batches = clean_batches(ctx.prepared, ctx.val_pos, {ctx.name: ctx.predictor}, ctx.cfg.batch_size)
+        batches = clean_batches(ctx.prepared, ctx.dist.split(ctx.val_pos), {ctx.name: ctx.predictor}, ctx.cfg.batch_size)
         try:
-            cms = inference_on_dataset({ctx.name: ctx.predictor}, batches)[ctx.name]
+            cms = ctx.dist.gather(inference_on_dataset({ctx.name: ctx.predictor}, batches)[ctx.name])
         except ModelRunError as exc:
             raise exc.at(f"validating after epoch {loop.state.epoch}") from None
         loop.row.update(val_miou=round(mean_over_classes(reduce(_IOU, cms, "dataset")), 6),

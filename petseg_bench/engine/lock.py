@@ -7,6 +7,12 @@ second one stops at once with one line naming the folder. The lock is ``flock`` 
 on ``kill -9``, so a killed run never blocks the next one. Taking the lock also removes
 the temporary files a killed writer left behind. The same thread may take a lock it
 already holds (the ``run`` command holds its folder around the sweep and the report).
+
+A *shared* lock (``shared=True``) is for writers that may work side by side because they
+write disjoint files: the shards of one sweep in one folder (``run --shard``, see
+:mod:`.shard`). Shared holders exclude every exclusive one (a full ``run``, ``report``)
+and the other way round. A shared holder leaves temporary files alone (another shard's,
+perhaps on another machine, may be in flight) and never removes the lock file.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ _guard = threading.Lock()
 
 
 @contextmanager
-def folder_lock(folder: Path, scan: Sequence[str] = ("",), log: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """Hold the exclusive lock of ``folder`` (created if needed) inside the ``with``.
+def folder_lock(folder: Path, scan: Sequence[str] = ("",), log: Callable[[str], None] | None = None,
+                shared: bool = False) -> Iterator[Path]:
+    """Hold the exclusive (or, with ``shared``, the shared) lock of ``folder`` (created if
+    needed) inside the ``with``.
 
     ``scan``: sub-folder patterns (``""`` is the folder itself, ``"cells/*"``...) whose
-    stale temporary files are removed once the lock is taken. A folder this call created
-    is removed again if it is still empty when the lock is released."""
+    stale temporary files are removed once an exclusive lock is taken. A folder this call
+    created is removed again if it is still empty when the lock is released."""
     folder = Path(folder)
     key = (str(folder.resolve()), threading.get_ident())
     with _guard:
@@ -54,24 +62,24 @@ def folder_lock(folder: Path, scan: Sequence[str] = ("",), log: Callable[[str], 
     except OSError as exc:
         raise write_error(folder, exc, "to folder") from None
     try:
-        fd = _acquire(folder)
+        fd = _acquire(folder, shared)
     except BaseException:
         _remove_empty(created)
         raise
     with _guard:
         _held[key] = 1
     try:
-        removed = remove_stale_temp_files(_scan_dirs(folder, scan), time.time())
+        removed = [] if shared else remove_stale_temp_files(_scan_dirs(folder, scan), time.time())
         if removed and log is not None:
             log(f"removed {len(removed)} temporary file(s) a killed run left in {folder}")
         yield folder
     finally:
         with _guard:
             _held.pop(key, None)
-        _release(folder, fd, created)
+        _release(folder, fd, created, shared)
 
 
-def _acquire(folder: Path) -> int:
+def _acquire(folder: Path, shared: bool = False) -> int:
     path = folder / LOCK_FILE
     while True:
         try:
@@ -79,7 +87,7 @@ def _acquire(folder: Path) -> int:
         except OSError as exc:
             raise write_error(folder, exc, "to folder") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
@@ -100,10 +108,10 @@ def _acquire(folder: Path) -> int:
     return fd
 
 
-def _release(folder: Path, fd: int, created: list[Path]) -> None:
+def _release(folder: Path, fd: int, created: list[Path], shared: bool = False) -> None:
     path = folder / LOCK_FILE
     try:
-        if _same_file(path, fd):
+        if not shared and _same_file(path, fd):
             path.unlink()  # while still locked, so nobody can hold a lock on a file we remove
     except OSError:
         pass

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ..backbones import FeatureCache
-from ..data.datasets import sample_seed
 from ..errors import ModelRunError, PetsegError, one_line
+from .distributed import EpochBatches, epoch_seed
 from .inputs import model_inputs
 from .losses import reconstruction_loss, segmentation_loss
 
@@ -69,6 +69,7 @@ class TrainLoop:
     def __init__(self, ctx: "TrainContext", state: TrainState, hooks: list[HookBase], resumed_optim=None):
         self.ctx, self.state, self.hooks = ctx, state, hooks
         self.opt = self.sched = None
+        self.train_model = ctx.model  # DDP-wrapped per phase when data-parallel
         self.row: dict = {}
         self.improved = self.stop = self.next_phase = False
         self._resumed_optim = resumed_optim  # (optimizer state, scheduler state) of an interrupted run
@@ -105,6 +106,7 @@ class TrainLoop:
         ctx = self.ctx
         if len(ctx.phases) > 1:
             ctx.model.set_phase(ctx.phases[self.state.phase].name)
+        self.train_model = ctx.dist.wrap(ctx.model)  # after set_phase: it may freeze parameters
         self.opt = make_optimizer(ctx.cfg, param_groups(ctx.model, ctx.spec.lr_scales, ctx.cfg.lr))
         self.sched = make_scheduler(ctx.cfg, self.opt)
         if self._resumed_optim is not None:
@@ -120,16 +122,18 @@ class TrainLoop:
             self._resumed_optim = None
 
     def train_epoch(self, loss_kind: str) -> None:
-        """One pass over the training set; fills the row's loss, lr and speed."""
+        """One pass over the training set (this rank's slice of each global batch); fills
+        the row's loss, lr and speed (over all ranks)."""
         ctx, epoch = self.ctx, self.state.epoch
-        torch.manual_seed(sample_seed(ctx.cfg.seed, epoch, 1))  # dropout and friends: same per epoch after resume
+        torch.manual_seed(epoch_seed(ctx.cfg.seed, epoch, 1, ctx.dist))  # dropout and friends: same per epoch after resume
         ctx.train_set.epoch = epoch
         data = ctx.train_set
         if loss_kind != "segmentation" and ctx.extra_set is not None:  # no masks needed: more images
             data = ConcatDataset([ctx.train_set, ctx.extra_set])
-        loader = DataLoader(data, batch_size=ctx.cfg.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(sample_seed(ctx.cfg.seed, epoch, 2)),
-                            drop_last=len(data) > ctx.cfg.batch_size, num_workers=ctx.cfg.workers)
+        order = epoch_seed(ctx.cfg.seed, epoch, 2)
+        batches = EpochBatches(len(data), ctx.cfg.batch_size, order, len(data) > ctx.cfg.batch_size, ctx.dist)
+        loader = DataLoader(data, batch_sampler=batches, generator=torch.Generator().manual_seed(order),
+                            num_workers=ctx.cfg.workers)
         ctx.model.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
         for step, batch in enumerate(ctx.progress(loader, f"{ctx.name} epoch {epoch + 1}")):
@@ -138,6 +142,9 @@ class TrainLoop:
                 self.sched.step(epoch + (step + 1) / len(loader))
             total += loss * len(batch["label"])
             seen += len(batch["label"])
+        ctx.dist.sync_buffers(ctx.model)
+        total, seen = ctx.dist.sum(total, seen)
+        seen = int(seen)
         seconds = time.perf_counter() - t0
         self.row.update(train_loss=round(total / max(seen, 1), 6), lr=self.opt.param_groups[0]["lr"],
                         seconds=round(seconds, 2), images_per_s=round(seen / seconds, 2))
@@ -173,10 +180,10 @@ class TrainLoop:
                               FeatureCache(), ctx.runtime.autocast)
         target = batch["label"].to(device)
         with ctx.runtime.autocast():
-            out = ctx.model(**inputs)
+            out = self.train_model(**inputs)
         if loss_kind == "reconstruction":
             return reconstruction_loss(out, inputs["image"])
-        return segmentation_loss(out, target, ctx.class_weights, ctx.ce_weight, ctx.dice_weight)
+        return segmentation_loss(out, target, ctx.class_weights, ctx.ce_weight, ctx.dice_weight, ctx.dist)
 
 
 def param_groups(model: torch.nn.Module, lr_scales, lr: float) -> list[dict]:

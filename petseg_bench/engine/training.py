@@ -4,11 +4,13 @@ A model's spec says which inputs it needs, its loss weights, its phases and its 
 :func:`train` does the rest: seeded split and augmentation, the model and its frozen
 backbone, an exact resume from last.pt, and the hooks (validation at the original mask
 resolution, best/last checkpoints written atomically, early stopping, JSONL log, W&B,
-console) around :class:`~.train_loop.TrainLoop`.
+console) around :class:`~.train_loop.TrainLoop`. Under torchrun the same loop runs
+data-parallel (:mod:`.distributed`): rank 0 locks, checkpoints and logs.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,6 +31,7 @@ from ..plugins import get_registry
 from ..provenance import code_version
 from ..specs import ModelConfig, ModelSpec, Phase
 from . import checkpoint, hooks
+from .distributed import Dist, init_from_env
 from .dropped import note_dropped
 from .lock import folder_lock
 from .predictor import Predictor, attach_backbone, build_model, load_weights
@@ -86,6 +89,7 @@ class TrainContext:
     run_dir: Path
     progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it
     extra_set: Dataset | None = None  # images without masks, for phases that need none
+    dist: Dist = field(default_factory=Dist)  # this process's rank among data-parallel ones
 
     def __post_init__(self) -> None:
         self.phases: list[Phase] = list(self.spec.phases)
@@ -110,33 +114,59 @@ def phase_epochs(total: int, fractions: list[float]) -> list[int]:
 
 def train(job: TrainJob, log: Callable[[str], None] = print, progress: bool = False,
           on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:
-    """Train ``job`` into ``OUT/<model>``, holding that folder's lock throughout."""
+    """Train ``job`` into ``OUT/<model>``, holding that folder's lock throughout (under
+    torchrun: data-parallel, rank 0 holding the lock and writing)."""
     if job.resume and job.overwrite:
         raise PetsegError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    with folder_lock(Path(job.out_dir) / job.model, log=log):
-        refuse_existing_run(job)
-        ctx = setup(job, progress, log)
+    dist = init_from_env(job.cfg.device)
+    try:
+        return _train(job, dist, log if dist.is_main else _quiet, progress and dist.is_main, on_epoch_end)
+    finally:
+        dist.close()
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def _train(job: TrainJob, dist: Dist, log: Callable[[str], None], progress: bool,
+           on_epoch_end: Callable[[int], None] | None) -> TrainResult:
+    with ExitStack() as held:
+        def start():
+            if dist.is_main:
+                held.enter_context(folder_lock(Path(job.out_dir) / job.model, log=log))
+            refuse_existing_run(job)
+            ctx = setup(job, progress, log, dist)
+            return (ctx, *resume_state(ctx, job.resume, log))
+
+        ctx, state, optim = dist.agree(start)
         if sum(ctx.budget) != job.cfg.epochs:
             log(f"{job.model}: {len(ctx.phases)} training phases need at least one epoch each; "
                 f"running {sum(ctx.budget)} epochs, not {job.cfg.epochs}")
-        state, optim = resume_state(ctx, job.resume, log)
         if state.done:
             log(f"{job.model}: already finished ({state.epoch} epochs); nothing to do")
-        if job.overwrite:
+        if job.overwrite and dist.is_main:
             remove_run(ctx, log)
-        loop_hooks = [hooks.FiniteWeights(), hooks.Validation(), hooks.TrackBest(), hooks.EarlyStopping(job.cfg.patience),
-                      hooks.BestCheckpoint(), hooks.JsonlLog(ctx.log_path), hooks.LastCheckpoint(), hooks.Console(log)]
-        if job.wandb:
-            loop_hooks.append(hooks.WandB(job.model, ctx.meta))
-        if on_epoch_end is not None:
-            loop_hooks.append(hooks.EpochCallback(on_epoch_end))
         baseline = hooks.all_background_miou(ctx.prepared, ctx.val_pos)
-        TrainLoop(ctx, state, loop_hooks, optim).run()
-        if not ctx.best_path.is_file():
+        TrainLoop(ctx, state, loop_hooks(job, ctx, log, on_epoch_end), optim).run()
+        if dist.is_main and not ctx.best_path.is_file():
             raise PetsegError(f"{job.model}: no segmentation epoch finished, so there is no best checkpoint")
     speeds = [r["images_per_s"] for r in state.history if "images_per_s" in r]
     return TrainResult(job.model, ctx.best_path, ctx.last_path, state.best, baseline, state.epoch,
                        float(np.median(speeds)) if speeds else float("nan"), state.history)
+
+
+def loop_hooks(job: TrainJob, ctx: "TrainContext", log: Callable[[str], None],
+               on_epoch_end: Callable[[int], None] | None) -> list:
+    """The loop's hooks, in order; checkpoints and logs on rank 0 only."""
+    out = [hooks.FiniteWeights(), hooks.Validation(), hooks.TrackBest(), hooks.EarlyStopping(job.cfg.patience)]
+    if ctx.dist.is_main:
+        out += [hooks.BestCheckpoint(), hooks.JsonlLog(ctx.log_path), hooks.LastCheckpoint(), hooks.Console(log)]
+        if job.wandb:
+            out.append(hooks.WandB(job.model, ctx.meta))
+    if on_epoch_end is not None:
+        out.append(hooks.EpochCallback(on_epoch_end))
+    return out
 
 
 #: The files of one model's training run in OUT/<model>.
@@ -169,14 +199,15 @@ def remove_run(ctx: "TrainContext", log: Callable[[str], None]) -> None:
         log(f"{ctx.name}: --overwrite: removed the previous {', '.join(gone)} in {ctx.run_dir}")
 
 
-def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print) -> TrainContext:
+def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print, dist: Dist | None = None) -> TrainContext:
     """Data, split, model, backbone and checkpoint metadata of a training job."""
-    cfg = job.cfg
+    cfg, dist = job.cfg, dist or Dist()
     cfg.validate()
+    dist.local_batch(cfg.batch_size)  # the global batch splits evenly over the processes
     spec = get_registry().get("model", job.model)
     mcfg = spec.config(job.model_fields, job.model_options, job.profile)
     check_loss_weights(spec, cfg)
-    runtime = Runtime.choose(cfg.device, cfg.precision)
+    runtime = dist.runtime(Runtime.choose(cfg.device, cfg.precision))
     torch.set_float32_matmul_precision("high")
     prepared = prepare(job.data_root, "trainval", cfg.void, job.cache_dir, progress=progress)
     if len(prepared) < 2:
@@ -193,7 +224,7 @@ def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print) -> 
         "data_fingerprint": prepared.fingerprint, "n_train": int(len(train_pos)), "n_val": int(len(val_pos)),
         "code_version": code_version(), "runtime": runtime.describe(),
         "backbone": None if backbone is None else backbone.describe(),
-        "eval_click_rule": EVAL_CLICK_RULE if "point" in spec.inputs else None,
+        "eval_click_rule": EVAL_CLICK_RULE if "point" in spec.inputs else None, "processes": dist.world,
     }
     run_dir = Path(job.out_dir) / job.model
     train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=cfg.augment, clicks="train",
@@ -202,7 +233,7 @@ def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print) -> 
     if extra is not None:
         meta["n_unlabelled"] = len(extra)
     return TrainContext(job.model, spec, mcfg, cfg, runtime, model, backbone, prepared, train_set, val_pos, meta,
-                        run_dir, _progress_bar if progress else (lambda it, desc: it), extra)
+                        run_dir, _progress_bar if progress else (lambda it, desc: it), extra, dist)
 
 
 def unlabelled_set(cfg: TrainConfig, spec: ModelSpec, data_root: Path, size: int,

@@ -203,9 +203,18 @@ def _floats(text: str | None, option: str, n: int) -> tuple[float, ...] | None:
     return values
 
 
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise PetsegError(f"{option} needs comma-separated whole numbers, got {text!r}") from None
+
+
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "restart_epochs",
               "class_weights", "val_fraction", "ce_weight", "dice_weight", "grad_clip", "precision", "device",
-              "patience", "seed", "limit", "val_limit", "workers", "void", "unlabelled", "augment", "salt_pepper")
+              "patience", "seed", "limit", "val_limit", "workers", "void", "unlabelled", "augment", "salt_pepper", "phase_epochs")
 MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 
 
@@ -246,6 +255,8 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 @click.option("--augment", type=str, help="Training augmentation: seed (the study's six transforms), "
                    "light (flip, scale/shift, colour jitter) or none.")
 @click.option("--salt-pepper", type=float, help="Probability of salt-and-pepper noise on a training image (default 0).")
+@click.option("--phase-epochs", type=str, help="Epochs per training phase, e.g. 8,32 for the autoencoder's "
+                   "reconstruction and segmentation stages (default: the model's split of --epochs).")
 @void_option
 @click.option("--in-size", type=int, help="Input size in pixels (multiple of 16).")
 @click.option("--base-channels", type=int)
@@ -265,6 +276,7 @@ def train(ctx, model, **opts):
     model_options = model_option_values(spec, opts.pop("model_opts"), ctx.args)
     train_over = {k: opts[k] for k in TRAIN_KEYS}
     train_over["class_weights"] = _floats(train_over["class_weights"], "--class-weights", 3)
+    train_over["phase_epochs"] = _ints(train_over["phase_epochs"], "--phase-epochs")
     cfg, fields = resolve(opts["profile"], train_over, {k: opts[k] for k in MODEL_FIELDS}, spec)
     job = TrainJob(model, cfg, resolve_data_root(opts["data_root"]), Path(opts["out_dir"]), fields, model_options,
                    opts["profile"], opts["resume"], _path(opts["cache_dir"]), opts["wandb"], opts["overwrite"])

@@ -44,6 +44,9 @@ class TrainConfig:
     #: Extra images without masks for phases that need none (reconstruction): a folder
     #: with images/ and labels.csv, or "auto" for ``<data root>-unlabelled`` where it exists.
     unlabelled: str | None = None
+    #: Epochs per training phase (e.g. (8, 32) for the autoencoder's reconstruction and
+    #: segmentation stages), overriding the model's phase fractions; ``epochs`` is their sum.
+    phase_epochs: tuple[int, ...] | None = None
 
     def validate(self) -> None:
         def bad(option: str, why: str) -> PetsegError:
@@ -87,6 +90,11 @@ class TrainConfig:
             raise bad("salt_pepper", f"must be a probability within 0..1, got {self.salt_pepper}")
         if self.workers < 0:
             raise bad("workers", f"must be >= 0, got {self.workers}")
+        if self.phase_epochs is not None:
+            if not self.phase_epochs or not all(isinstance(e, numbers.Integral) and e >= 1 for e in self.phase_epochs):
+                raise bad("phase_epochs", f"needs whole numbers >= 1, one per training phase, got {list(self.phase_epochs)}")
+            if sum(self.phase_epochs) != self.epochs:
+                raise bad("phase_epochs", f"sum to {sum(self.phase_epochs)} epochs but --epochs is {self.epochs}")
 
     def _validate_loss_weights(self, bad) -> None:
         for name in ("ce_weight", "dice_weight"):
@@ -99,6 +107,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class_weights"] = list(self.class_weights)
+        d["phase_epochs"] = None if self.phase_epochs is None else list(self.phase_epochs)
         return d
 
     @classmethod
@@ -107,6 +116,8 @@ class TrainConfig:
         values = {k: v for k, v in data.items() if k in known}
         if "class_weights" in values:
             values["class_weights"] = tuple(values["class_weights"])
+        if values.get("phase_epochs") is not None:
+            values["phase_epochs"] = tuple(values["phase_epochs"])
         return cls(**values)
 
 
@@ -166,7 +177,12 @@ def resolve(profile: str, train_overrides: dict[str, Any], model_overrides: dict
     p = PROFILES[profile]
     own = spec.profile_fields(profile) if spec is not None else {}
     own_train = spec.profile_train(profile) if spec is not None else {}
-    train = {**p.train, **own_train, **{k: v for k, v in train_overrides.items() if v is not None}}
+    given = {k: v for k, v in train_overrides.items() if v is not None}
+    train = {**p.train, **own_train, **given}
+    if train.get("phase_epochs") is not None and "epochs" not in given:
+        train["epochs"] = sum(train["phase_epochs"])  # the per-phase split sets the total
+    elif "epochs" in given and "phase_epochs" not in given:
+        train.pop("phase_epochs", None)  # an explicit total: the model's fractions split it
     model = {**p.model, **own, **{k: v for k, v in model_overrides.items() if v is not None}}
     cfg = TrainConfig.from_dict(train)
     cfg.validate()

@@ -28,8 +28,11 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 #: backbone (see ``ModelSpec.backbone_option``), computed once per batch by the harness.
 MODEL_INPUTS = ("image", "point", "backbone")
 
-#: Losses a training phase may use.
-PHASE_LOSSES = ("segmentation", "reconstruction")
+#: Losses a training phase may use: ``segmentation`` (class logits ``[B, C, H, W]``
+#: against the masks), ``reconstruction`` (an image, MSE against the input) and
+#: ``species`` (``[B, 2]`` cat/dog logits, cross-entropy against each image's species).
+#: The mask-free phases also train on the unlabelled images (``--unlabelled``).
+PHASE_LOSSES = ("segmentation", "reconstruction", "species")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,7 +140,8 @@ class Phase:
 
     Before a phase starts the harness calls ``model.set_phase(name)`` when the model
     has more than one phase; the model then returns what that phase's loss needs
-    (class logits for ``segmentation``, an image for ``reconstruction``).
+    (class logits for ``segmentation``, an image for ``reconstruction``, cat/dog logits
+    for ``species``).
     """
 
     name: str

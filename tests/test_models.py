@@ -257,6 +257,20 @@ def test_autoencoder_latent_dim_option():
         tiny_config("autoencoder", latent_dim=0)
 
 
+def test_autoencoder_norm_option():
+    plain, normed = build("autoencoder"), build("autoencoder", norm="batch")
+    # "none" keeps the layer indices of checkpoints written before the option existed
+    assert {k for k in plain.state_dict() if k.startswith("encoder.")} == {
+        f"encoder.{i}.{w}" for i in (0, 2, 4, 6, 8, 11) for w in ("weight", "bias")}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in normed.encoder) == 5
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in normed.segmentation_decoder) == 4
+    normed.set_phase("reconstruct")
+    assert normed(image=inputs("autoencoder")["image"]).shape == (BATCH, 3, SIZE, SIZE)
+    with pytest.raises(PetsegError, match="norm"):
+        tiny_config("autoencoder", norm="layer")
+
+
 # --- models on a frozen backbone ------------------------------------------------------------
 
 @pytest.mark.parametrize("name", CLIP_MODELS)
@@ -564,7 +578,7 @@ FORMAT1 = dict(in_size=SIZE, base_channels=4, n_classes=3, dropout=0.1, bilinear
 CLIP_OPTIONS = {"backbone": TINY_KEY, "fuse_clip": "replace", "upsample": "transposed"}
 UPGRADED = {
     "unet": {"upsample": "transposed"},
-    "autoencoder": {"latent_dim": 32, "freeze_encoder": True},
+    "autoencoder": {"latent_dim": 32, "norm": "none", "freeze_encoder": True},
     "clip_only": CLIP_OPTIONS,
     "clip_unet": CLIP_OPTIONS,
     "point_clip_unet": {**CLIP_OPTIONS, "heatmap_sigma": 6.0},

@@ -185,6 +185,31 @@ def test_phase_epochs_split_the_budget():
     assert training_mod.phase_epochs(1, [0.5, 0.5]) == [1, 1]  # each phase needs an epoch
 
 
+def test_phase_epochs_set_each_stage(tmp_path, data_root, cache_dir):
+    result = train("autoencoder", tiny_cfg(epochs=3, phase_epochs=(1, 2)), TINY, data_root, tmp_path,
+                   cache_dir=cache_dir, log=quiet)
+    assert [r["phase"] for r in result.history] == ["reconstruct", "segment", "segment"]
+    with pytest.raises(PetsegError, match=r"--phase-epochs gives 2 numbers but unet has 1 training phase\(s\): segment"):
+        train("unet", tiny_cfg(epochs=3, phase_epochs=(1, 2)), TINY, data_root, tmp_path / "u", cache_dir=cache_dir,
+              log=quiet)
+
+
+def test_phase_epochs_resolve_and_validate():
+    from petseg_bench.config import resolve
+    from petseg_bench.plugins import get_registry
+
+    spec = get_registry().get("model", "autoencoder")
+    cfg, _ = resolve("quick", {"phase_epochs": (2, 5)}, {}, spec)
+    assert cfg.epochs == 7 and cfg.phase_epochs == (2, 5)  # the split sets the total
+    cfg, _ = resolve("quick", {"epochs": 4}, {}, spec)
+    assert cfg.epochs == 4 and cfg.phase_epochs is None  # an explicit total alone: the model's fractions
+    with pytest.raises(PetsegError, match=r"--phase-epochs sum to 7 epochs but --epochs is 4"):
+        resolve("quick", {"epochs": 4, "phase_epochs": (2, 5)}, {}, spec)
+    with pytest.raises(PetsegError, match=r"--phase-epochs needs whole numbers >= 1"):
+        resolve("quick", {"phase_epochs": (0, 5)}, {}, spec)
+    assert TrainConfig.from_dict(TrainConfig(epochs=3, phase_epochs=(1, 2)).to_dict()).phase_epochs == (1, 2)
+
+
 def test_autoencoder_with_one_epoch_says_it_runs_two(tmp_path, data_root, cache_dir):
     messages = []
     result = train("autoencoder", tiny_cfg(epochs=1), TINY, data_root, tmp_path, cache_dir=cache_dir, log=messages.append)

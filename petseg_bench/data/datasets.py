@@ -21,7 +21,7 @@ def sample_seed(*parts: int) -> int:
 
 class LetterboxedSet(Dataset):
     """Items: ``image`` uint8 [3, S, S], ``label`` int64 [S, S], ``point`` int64 [2] (y, x),
-    ``index`` (position in the prepared split)."""
+    ``index`` (position in the prepared split), ``species`` (1 cat, 2 dog, 0 unknown)."""
 
     def __init__(self, prepared: PreparedSplit, positions: np.ndarray, size: int,
                  augment: str | None = None, clicks: str = "eval", seed: int = 0, salt_pepper: float = 0.0):
@@ -65,4 +65,5 @@ class LetterboxedSet(Dataset):
             "label": torch.from_numpy(label.astype(np.int64)),
             "point": torch.tensor(point, dtype=torch.int64),
             "index": pos,
+            "species": int(self.prepared.species[pos]),  # 1 cat, 2 dog, 0 unknown
         }

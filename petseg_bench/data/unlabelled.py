@@ -61,7 +61,8 @@ def read_unlabelled(root: Path, data_root: Path) -> UnlabelledImages:
 
 class UnlabelledSet(Dataset):
     """Items like :class:`~.datasets.LetterboxedSet`'s, with an all-ignore label (no mask):
-    ``image`` uint8 [3, S, S], ``label`` int64 [S, S] of 255, ``point`` [2], ``index``."""
+    ``image`` uint8 [3, S, S], ``label`` int64 [S, S] of 255, ``point`` [2], ``index``,
+    ``species`` (labels.csv's: 1 cat, 2 dog)."""
 
     def __init__(self, images: UnlabelledImages, size: int):
         self.images, self.size, self.epoch = images, size, 0
@@ -80,4 +81,5 @@ class UnlabelledSet(Dataset):
             "label": torch.full((self.size, self.size), 255, dtype=torch.int64),
             "point": torch.tensor((self.size // 2, self.size // 2), dtype=torch.int64),
             "index": -1 - k,
+            "species": int(self.images.species[k]),
         }

@@ -1,4 +1,5 @@
-"""Training losses: weighted cross-entropy + soft Dice (segmentation), MSE (reconstruction).
+"""Training losses: weighted cross-entropy + soft Dice (segmentation), MSE (reconstruction),
+cross-entropy over cat/dog (species).
 
 Data-parallel training passes ``ranks`` (:class:`~.distributed.Dist`): the losses are then
 those of the *global* batch, built from statistics summed over the ranks (the weighted
@@ -53,6 +54,12 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, class_weights:
     if dice:
         loss = loss + dice * soft_dice_loss(logits, target, ranks=ranks)
     return loss
+
+
+def species_loss(logits: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``[B, 2]`` (cat, dog) logits against ``species`` (1 cat, 2 dog,
+    0 unknown: ignored, as for images whose mask shows both or neither)."""
+    return F.cross_entropy(logits.float(), species.long() - 1, ignore_index=-1)
 
 
 def reconstruction_loss(output: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

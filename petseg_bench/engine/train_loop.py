@@ -20,7 +20,7 @@ from ..backbones import FeatureCache
 from ..errors import ModelRunError, PetsegError, one_line
 from .distributed import EpochBatches, epoch_seed
 from .inputs import model_inputs
-from .losses import reconstruction_loss, segmentation_loss
+from .losses import reconstruction_loss, segmentation_loss, species_loss
 
 if TYPE_CHECKING:
     from .training import TrainContext
@@ -183,6 +183,8 @@ class TrainLoop:
             out = self.train_model(**inputs)
         if loss_kind == "reconstruction":
             return reconstruction_loss(out, inputs["image"])
+        if loss_kind == "species":
+            return species_loss(out, batch["species"].to(device))
         return segmentation_loss(out, target, ctx.class_weights, ctx.ce_weight, ctx.dice_weight, ctx.dist)
 
 

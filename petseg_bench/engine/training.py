@@ -93,7 +93,14 @@ class TrainContext:
 
     def __post_init__(self) -> None:
         self.phases: list[Phase] = list(self.spec.phases)
-        self.budget = phase_epochs(self.cfg.epochs, [p.epochs_fraction for p in self.phases])
+        if self.cfg.phase_epochs is not None:
+            if len(self.cfg.phase_epochs) != len(self.phases):
+                names = ", ".join(p.name for p in self.phases)
+                raise PetsegError(f"--phase-epochs gives {len(self.cfg.phase_epochs)} numbers but {self.spec.name} "
+                                  f"has {len(self.phases)} training phase(s): {names}")
+            self.budget = list(self.cfg.phase_epochs)
+        else:
+            self.budget = phase_epochs(self.cfg.epochs, [p.epochs_fraction for p in self.phases])
         self.predictor = Predictor(self.model, self.spec, self.mcfg, self.runtime, self.backbone)
         self.class_weights = torch.tensor(self.cfg.class_weights, dtype=torch.float32, device=self.runtime.device)
         self.ce_weight = self.spec.loss.ce if self.cfg.ce_weight is None else self.cfg.ce_weight

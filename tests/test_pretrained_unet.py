@@ -130,3 +130,13 @@ def test_a_model_sets_its_own_generic_fields_per_profile_below_explicit_options(
     assert ae.config(fields, {}, "reference").options["latent_dim"] == 512
     clip = reg.get("model", "clip_unet")
     assert clip.config({}, {}, "reference").options["backbone"] == "efficientnet:lite0"  # a real frozen encoder
+
+
+def test_species_loss_ignores_unknown_species():
+    from petseg_bench.engine.losses import species_loss
+
+    logits = torch.tensor([[4.0, -4.0], [-4.0, 4.0], [4.0, -4.0]])
+    assert species_loss(logits, torch.tensor([1, 2, 0])) < 0.01  # both known ones right; the 0 ignored
+    assert species_loss(logits, torch.tensor([2, 1, 0])) > 7.0
+    assert torch.isclose(species_loss(logits, torch.tensor([1, 2, 0])), species_loss(logits[:2], torch.tensor([1, 2])))
+

@@ -255,8 +255,8 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 @click.option("--augment", type=str, help="Training augmentation: seed (the study's six transforms), "
                    "light (flip, scale/shift, colour jitter) or none.")
 @click.option("--salt-pepper", type=float, help="Probability of salt-and-pepper noise on a training image (default 0).")
-@click.option("--phase-epochs", type=str, help="Epochs per training phase, e.g. 8,32 for the autoencoder's "
-                   "reconstruction and segmentation stages (default: the model's split of --epochs).")
+@click.option("--phase-epochs", type=str, help="Epochs per training phase, e.g. 8,32 for a model with a "
+                   "reconstruction then a segmentation phase (default: the model's split of --epochs).")
 @void_option
 @click.option("--in-size", type=int, help="Input size in pixels (multiple of 16).")
 @click.option("--base-channels", type=int)

@@ -44,8 +44,8 @@ class TrainConfig:
     #: Extra images without masks for phases that need none (reconstruction): a folder
     #: with images/ and labels.csv, or "auto" for ``<data root>-unlabelled`` where it exists.
     unlabelled: str | None = None
-    #: Epochs per training phase (e.g. (8, 32) for the autoencoder's reconstruction and
-    #: segmentation stages), overriding the model's phase fractions; ``epochs`` is their sum.
+    #: Epochs per training phase (e.g. (8, 32) for a reconstruction and a
+    #: segmentation phase), overriding the model's phase fractions; ``epochs`` is their sum.
     phase_epochs: tuple[int, ...] | None = None
 
     def validate(self) -> None:

@@ -110,7 +110,7 @@ def test_registry_has_the_five_builtins():
     assert (cfg.in_size, cfg.base_channels, cfg.n_classes, cfg.dropout) == (256, 64, 3, 0.0)
     assert cfg.options == {"upsample": "bilinear"}
     ae = reg.models["autoencoder"].config()
-    assert ae.options == {"latent_dim": 1024, "freeze_encoder": False}
+    assert ae.options == {"latent_dim": 1024, "norm": "none", "freeze_encoder": False}
     clip = reg.models["clip_unet"].config()
     assert clip.options == {"backbone": "clip:ViT-B-32:openai", "fuse_clip": "add", "upsample": "bilinear"}
     assert reg.models["clip_unet"].backbone_key(clip) == "clip:ViT-B-32:openai"
@@ -511,7 +511,7 @@ def test_options_from_strings_reach_the_model_config():
     assert cfg.opt("heatmap_sigma") == 4.0 and isinstance(cfg.opt("heatmap_sigma"), float)
     assert (cfg.opt("upsample"), cfg.opt("fuse_clip")) == ("transposed", "replace")
     ae = spec_of("autoencoder").config(options={"latent_dim": "48", "freeze_encoder": "yes", "dropout": None})
-    assert ae.options == {"latent_dim": 48, "freeze_encoder": True}
+    assert ae.options == {"latent_dim": 48, "norm": "none", "freeze_encoder": True}
     with pytest.raises(PetsegError, match="fuse_clip must be one of add, replace"):
         spec.config(options={"fuse_clip": "concat"})
     with pytest.raises(PetsegError, match="point_clip_unet: heatmap_sigma must be > 0"):

@@ -2,7 +2,7 @@
 
 Both draw their randomness from the generator of each image only, so an image gets
 the same pixels whatever batch it is in and wherever it sits in that batch.
-numpy is imported inside the functions so that listing plugins stays fast.
+numpy and OpenCV are imported inside the functions so that listing plugins stays fast.
 """
 
 from __future__ import annotations
@@ -66,14 +66,18 @@ def salt_and_pepper(images: Sequence, value: float, rngs: Sequence) -> list:
     amount = float(value)
     if amount == 0:
         return [np.array(img, copy=True) for img in images]
+    import cv2
+
     lut = _seed_round_trip_lut()
     out = []
     for img, rng in zip(images, rngs, strict=True):
         flipped = np.ones(img.shape, bool) if amount == 1 else rng.random(img.shape) <= amount
         salted = rng.random(img.shape) <= 0.5
-        noisy = lut[img]
-        noisy[flipped & salted] = 255
-        noisy[flipped & ~salted] = 0
+        # cv2.LUT and a masked copy: the same values as lut[img] and the two boolean-index
+        # assignments (salt 255 where flipped & salted, pepper 0 where flipped & ~salted),
+        # several times faster
+        noisy = cv2.LUT(img, lut) if img.ndim == 3 and img.shape[2] <= 4 else lut[img]
+        np.copyto(noisy, salted.view(np.uint8) * np.uint8(255), where=flipped)
         out.append(noisy)
     return out
 

@@ -89,6 +89,19 @@ def hardware_info() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def bf16_matmul_units(info: dict | None = None) -> str:
+    """What multiplies bf16 matrices on this CPU, read from its :data:`RESULT_FLAGS`:
+    AMX tiles, AVX-512 BF16 dot products, Arm's bf16 extension, or none (emulated)."""
+    flags = set((info or hardware_info())["cpu_flags"])
+    if {"amx_tile", "amx_bf16"} <= flags:
+        return "AMX (amx_bf16)"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16 (avx512_bf16), no AMX"
+    if "bf16" in flags:
+        return "Arm bf16 extension"
+    return "no native bf16 (emulated)"
+
+
 def hardware(info: dict | None = None) -> str:
     """:func:`hardware_info` in one line, e.g. ``AMD EPYC 7B13 (x86_64; avx2), 2 torch threads, AVX2``."""
     info = info or hardware_info()

@@ -3,7 +3,9 @@
 ``image``: normalised with the spec's mean/std; ``point``: the clicks; ``backbone``: the
 features of the model's frozen backbone, from a :class:`~petseg_bench.backbones.FeatureCache`
 so that models sharing a backbone compute them once per batch. Everything runs on whole
-batches in torch, in channels_last (faster convolutions on oneDNN and cuDNN).
+batches in torch, in channels_last (faster convolutions on oneDNN and cuDNN); a
+letterboxed batch arrives in that layout already (``letterbox_batch``), so the image
+needs no transposing copy.
 """
 
 from __future__ import annotations
@@ -33,5 +35,6 @@ def model_inputs(spec: ModelSpec, images_u8: torch.Tensor, points: torch.Tensor 
     if "backbone" in spec.inputs:
         if backbone is None:
             raise ValueError(f"model {spec.name} needs its backbone")
-        out["backbone"] = cache.get(backbone, images_u8, autocast)
+        # the backbone's resize runs on the plain layout it has always had: its features unchanged
+        out["backbone"] = cache.get(backbone, images_u8.contiguous(), autocast)
     return out

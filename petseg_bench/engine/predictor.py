@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -24,7 +25,7 @@ from ..specs import ModelConfig, ModelSpec
 from . import checkpoint
 from .bn_fold import fold_batchnorm
 from .inputs import model_inputs
-from .runtime import Runtime
+from .runtime import Runtime, in_parallel
 
 
 @dataclass
@@ -171,22 +172,44 @@ def load_predictor(path: Path, runtime: Runtime | None = None, expect_model: str
 
 
 def letterbox_batch(images: Sequence[np.ndarray], size: int, labels: Sequence[np.ndarray] | None = None,
-                    moves: np.ndarray | None = None):
+                    moves: np.ndarray | None = None, clicks: np.ndarray | None = None):
     """Letterboxed uint8 batch ``[B, 3, S, S]``, the geometries, and the evaluation clicks
     ``[B, 2]`` placed on the letterboxed ground truth (only when ``labels`` are given).
+    The batch is a channels_last view of ``[B, S, S, 3]`` pixels: the layout the
+    convolutions take, with no transposing copy.
 
     ``moves``: per image a click displacement (dy, dx) in original pixels (a click
     perturbation's); it is scaled into the letterbox, added to the click and kept inside
-    the image content. Without it the clicks are exactly those of the evaluation rule."""
+    the image content. Without it the clicks are exactly those of the evaluation rule.
+    ``clicks``: those evaluation clicks ``[B, 2]`` when already known
+    (:func:`letterbox_clicks` of the same labels and size), not placed again."""
     boxes = [Letterbox.fit(im.shape[0], im.shape[1], size) for im in images]
-    batch = np.stack([lb.apply(im) for lb, im in zip(boxes, images)]).transpose(0, 3, 1, 2)
+    batch = np.empty((len(images), size, size, 3), np.uint8)
+
+    def fill(lo: int, hi: int) -> list:
+        for i in range(lo, hi):
+            batch[i] = boxes[i].apply(images[i])
+        return []
+
+    in_parallel(fill, len(images))
     points = None
     if labels is not None:
-        clicks = [eval_click(lb.apply(lab, label=True)) for lb, lab in zip(boxes, labels)]
+        if clicks is None:
+            clicks = letterbox_clicks(labels, size, boxes)
+        clicks = [(int(y), int(x)) for y, x in clicks]
         if moves is not None:
             clicks = [move_click(lb, c, d) for lb, c, d in zip(boxes, clicks, moves)]
-        points = torch.tensor(clicks)
-    return torch.from_numpy(np.ascontiguousarray(batch)), boxes, points
+        points = torch.tensor(clicks, dtype=torch.int64).reshape(-1, 2)
+    return torch.from_numpy(batch).permute(0, 3, 1, 2), boxes, points
+
+
+def letterbox_clicks(labels: Sequence[np.ndarray], size: int, boxes: Sequence[Letterbox] | None = None) -> np.ndarray:
+    """The evaluation click (y, x) of each ground truth letterboxed to ``size``, ``[B, 2]``
+    int64: the same for every perturbation of a pixel, so a sweep places them once."""
+    boxes = boxes or [Letterbox.fit(lab.shape[0], lab.shape[1], size) for lab in labels]
+    found = in_parallel(lambda lo, hi: [eval_click(boxes[i].apply(labels[i], label=True)) for i in range(lo, hi)],
+                        len(labels))
+    return np.array(found, dtype=np.int64).reshape(-1, 2)
 
 
 def move_click(lb: Letterbox, click: tuple[int, int], move) -> tuple[int, int]:
@@ -207,16 +230,31 @@ def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray
     then the argmax. OpenCV's resize on HWC float32 and a per-class running maximum are
     several times faster here than torch's interpolate and argmax on the CPU, with the
     same result (half-pixel centres, first class wins ties)."""
-    scores = logits.float().cpu().permute(0, 2, 3, 1).numpy()  # [B, S, S, C]
-    return [argmax_last(lb.invert(s)) for s, lb in zip(scores, boxes)]
+    scores = host_scores(logits)
+    return in_parallel(lambda lo, hi: [argmax_last(boxes[i].invert(scores[i])) for i in range(lo, hi)], len(boxes))
+
+
+def host_scores(logits: torch.Tensor) -> np.ndarray:
+    """Float32 logits ``[B, C, S, S]`` as a numpy ``[B, S, S, C]`` view (contiguous when
+    the model returns channels_last logits, as a convolution on channels_last input does)."""
+    return logits.float().cpu().permute(0, 2, 3, 1).numpy()
 
 
 def argmax_last(x: np.ndarray) -> np.ndarray:
     """``argmax`` over the last axis as uint8; the first class wins ties, as np.argmax."""
+    n = x.shape[-1]
+    # HxWxC float32 (restored logits): one plane per class, contiguous (OpenCV's split),
+    # so the comparisons below run on contiguous memory rather than every C-th float.
+    planes = cv2.split(x) if x.ndim == 3 and x.dtype == np.float32 and 1 < n <= 512 else \
+        [x[..., 0].copy()] + [x[..., c] for c in range(1, n)]
     idx = np.zeros(x.shape[:-1], np.uint8)
-    best = x[..., 0].copy()
-    for c in range(1, x.shape[-1]):
-        better = x[..., c] > best
-        idx[better] = c
-        np.maximum(best, x[..., c], out=best)
+    best = planes[0]
+    for c in range(1, n):
+        # idx = c where class c beats the best so far: every earlier index is below c, so
+        # a maximum with (better * c) sets it, branch-free (a masked store is as slow as
+        # the mask is irregular)
+        better = planes[c] > best
+        np.maximum(idx, better.view(np.uint8) * np.uint8(c), out=idx)
+        if c < n - 1:
+            np.maximum(best, planes[c], out=best)
     return idx

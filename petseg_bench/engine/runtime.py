@@ -1,9 +1,14 @@
-"""Device and precision choices, made once and recorded with every result."""
+"""Device and precision choices, made once and recorded with every result; how the
+per-image work around the forward shares the CPU cores (:func:`in_parallel`)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 
@@ -64,3 +69,52 @@ class Runtime:
         if self.device.type == "cuda":
             return f"cuda ({torch.cuda.get_device_name(self.device)})"
         return f"{self.device.type} ({torch.backends.cpu.get_cpu_capability()})"
+
+    @property
+    def overlaps_host_work(self) -> bool:
+        """Whether the per-image work (perturbation, letterbox, scoring) runs on helper
+        threads beside the forward: on a GPU, whose forward leaves the CPU cores free.
+        On the CPU the forward's own threads use every core: a helper thread beside it
+        takes cores and the GIL from the forward's threads and slows both, so the work
+        runs between forwards instead, split over the same threads (:func:`in_parallel`)."""
+        return self.device.type != "cpu"
+
+
+T = TypeVar("T")
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+_IN_WORKER = threading.local()
+
+
+def in_parallel(fn: Callable[[int, int], list[T]], n: int) -> list[T]:
+    """``fn(lo, hi)`` (a list for items ``lo..hi-1``) over ``range(n)`` in contiguous
+    parts, one per torch thread, the caller's thread doing the first; the lists joined
+    in order. Items must be independent (per-image work whose numpy and OpenCV calls
+    release the GIL); with one thread, or from inside a part, it is one plain call."""
+    threads = min(torch.get_num_threads(), n)
+    if threads <= 1 or getattr(_IN_WORKER, "active", False):
+        return list(fn(0, n))
+    bounds = [n * i // threads for i in range(threads + 1)]
+    pool = _workers(threads - 1)
+    parts = [pool.submit(_run_part, fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    out = _run_part(fn, bounds[0], bounds[1])
+    for part in parts:
+        out += part.result()
+    return out
+
+
+def _run_part(fn: Callable[[int, int], list[T]], lo: int, hi: int) -> list[T]:
+    _IN_WORKER.active = True
+    try:
+        return list(fn(lo, hi))
+    finally:
+        _IN_WORKER.active = False
+
+
+def _workers(n: int) -> ThreadPoolExecutor:
+    """The process's helper threads (made again in a forked child, where they are gone)."""
+    key = (os.getpid(), n)
+    with _POOL_LOCK:
+        if key not in _POOL:
+            _POOL[key] = ThreadPoolExecutor(n, thread_name_prefix="petseg-host")
+        return _POOL[key]

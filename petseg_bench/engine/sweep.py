@@ -2,8 +2,10 @@
 
 Work is grouped by (perturbation, level): each batch of test images is perturbed once,
 letterboxed once per input size, passed through each shared frozen backbone once, and then
-fed to every model that still needs that cell. The next batch's perturbation and
-letterbox run in a background thread while the models compute. Finished cells are
+fed to every model that still needs that cell; the evaluation clicks of point models are
+placed once per sweep. On a GPU the next batch's perturbation and letterbox run in a
+background thread while the models compute; on the CPU they run between forwards, the
+images split over the forward's threads (see :mod:`.inference`). Finished cells are
 written atomically; ``--resume`` skips them and recomputes anything unreadable.
 
 A group is computed by :func:`compute_group` wherever a backend runs it: one after
@@ -34,9 +36,9 @@ from ..provenance import code_version, file_sha256, hardware, hardware_info, pac
 from ..results import CLEAN, RUN_FILE, Cell, read_cell, read_run, shard_dirs, write_cell, write_run
 from ..specs import PerturbationSpec
 from .dropped import note_dropped
-from .inference import inference_on_dataset, make_batch, prefetch
-from .predictor import Predictor, load_predictor
-from .runtime import Runtime
+from .inference import inference_on_dataset, make_batch, overlaps, prefetch
+from .predictor import Predictor, letterbox_clicks, load_predictor
+from .runtime import Runtime, in_parallel
 from .shard import Shard, all_groups, check_shard_counts, run_lock
 
 # run.json keys that must match for --resume to reuse finished cells. The runtime is among
@@ -172,6 +174,9 @@ class SweepData:
     #: The evaluation rule's click of each image at original resolution, computed once
     #: when a click perturbation is swept (see :func:`base_clicks`).
     clicks: np.ndarray | None = None
+    #: Per input size, that click of each image in the letterboxed ground truth (what
+    #: point models get), placed once for every cell (see :func:`placed_clicks`).
+    placed: dict[int, np.ndarray] = field(default_factory=dict)
 
     def base_clicks(self) -> np.ndarray:
         if self.clicks is None:
@@ -179,6 +184,11 @@ class SweepData:
 
             self.clicks = np.array([eval_click(lab) for lab in self.labels], dtype=np.int64).reshape(-1, 2)
         return self.clicks
+
+    def placed_clicks(self, size: int) -> np.ndarray:
+        if size not in self.placed:
+            self.placed[size] = letterbox_clicks(self.labels, size)
+        return self.placed[size]
 
 
 def applies(pert: PerturbationSpec | None, inputs) -> bool:
@@ -468,20 +478,26 @@ def cells_left(plan: SweepPlan, levels: dict[str, list[int]], run_dir: Path, ids
 def run_group(data: SweepData, pert: str, level: int, models: list[str], on_batch=None,
               moves: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Confusion matrices of every model in ``models`` on one (perturbation, level): each
-    batch is perturbed once and letterboxed once per input size on a background thread.
+    batch is perturbed once and letterboxed once per input size (on a background thread
+    beside a GPU's forward, split over the threads between forwards on the CPU).
     ``moves``: per image (all of ``data``) the click displacement of a click perturbation."""
     chosen = {m: data.predictors[m] for m in models}
     sizes = {pr.config.in_size for pr in chosen.values()}
     clicks = any(pr.needs_clicks for pr in chosen.values())
+    placed = {s: data.placed_clicks(s) for s in sizes} if clicks else {}
 
     def make(start: int):
         chunk = slice(start, start + data.batch_size)
         images, labels, ids = data.images[chunk], data.labels[chunk], data.ids[chunk]
         if pert != CLEAN:
-            images = perturb(data.perturbations[pert], images, level, ids, data.seed)
-        return make_batch(images, labels, sizes, clicks, None if moves is None else moves[chunk])
+            # each image draws from its own generator: any split gives the same pixels
+            images = in_parallel(lambda lo, hi: perturb(data.perturbations[pert], images[lo:hi], level, ids[lo:hi],
+                                                        data.seed), len(images))
+        return make_batch(images, labels, sizes, clicks, None if moves is None else moves[chunk],
+                          {s: p[chunk] for s, p in placed.items()})
 
-    return inference_on_dataset(chosen, prefetch(make, list(range(0, len(data.images), data.batch_size))), on_batch)
+    starts = list(range(0, len(data.images), data.batch_size))
+    return inference_on_dataset(chosen, prefetch(make, starts, overlaps(chosen)), on_batch)
 
 
 def _bar(progress: bool, total: int):

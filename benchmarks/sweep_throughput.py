@@ -16,11 +16,16 @@ over the same cells, time:
 (a), (c) and (d) run interleaved with (b): after each of the engine's (perturbation,
 level) groups, a pure forward of as many image-levels, two matmuls and the seed-style
 loop's passes for that cell, their time taken out of the engine's; so a background
-load that comes and goes within seconds (a shared machine) hits all four alike. Printed: image-levels/s of a, b, c, the ratios b/a and
-c/b, and b's and c's achieved GFLOP/s (model and backbone) as a fraction of d. Every
+load that comes and goes within seconds (a shared machine) hits all four alike.
+Printed: image-levels/s of a, b, c, the ratios b/a and c/b, and b's and c's achieved GFLOP/s (model and backbone) as a fraction of d. Every
 figure comes from this one run, on the CPU its header names (model, the flags that
 decide the bf16 kernels, torch threads, precision; the JSON keeps the same under
 ``hardware_info``).
+
+``--together`` also sweeps all of ``--models`` in one run, as ``petseg-bench run`` does
+(each batch perturbed and letterboxed once for every model, one backbone pass per
+backbone), against the same models' forwards with the backbone shared alike: the c/b a
+real multi-model sweep sees (key ``together``).
 
     python benchmarks/sweep_throughput.py --profile paper --images 8
     python benchmarks/sweep_throughput.py --profile quick --images 60
@@ -171,9 +176,28 @@ def pure_forward(predictor: Predictor, n: int, batch: int) -> float:
     return (time.perf_counter() - t0) * n / done
 
 
+def pure_forward_shared(predictors: list[Predictor], n: int, batch: int) -> float:
+    """Seconds of (c) for several models as one run computes them: per batch one dummy
+    input per input size and one frozen-backbone pass per backbone (a shared
+    :class:`FeatureCache`), then every model's forward."""
+    inputs = {}
+    for pr in predictors:  # a click in the middle for every size; only point models take it
+        x, _ = dummy_batch(pr, batch)
+        inputs[pr.config.in_size] = (x, torch.full((batch, 2), pr.config.in_size // 2, dtype=torch.int64))
+    done = 0
+    t0 = time.perf_counter()
+    while done < n:
+        cache = FeatureCache()
+        for pr in predictors:
+            x, points = inputs[pr.config.in_size]
+            pr.logits(x, points if pr.needs_clicks else None, cache)
+        done += batch
+    return (time.perf_counter() - t0) * n / done
+
+
 @contextlib.contextmanager
-def interleaved(pure: Predictor, batch: int, mm: Matmul, seed: SeedStyle | None, clock: dict):
-    """The engine's groups with (c), (d) and (a) run after each: ``clock`` gets the
+def interleaved(pure_seconds, mm: Matmul, seed: SeedStyle | None, clock: dict):
+    """The engine's groups with (c) (``pure_seconds(images)``), (d) and (a) run after each: ``clock`` gets the
     seconds of the pure forwards (``c``) and of all that was inserted (``inserted``),
     and the wall seconds of ``compute_cells`` (``compute``)."""
     real_group, real_cells = sweep_mod.compute_group, sweep_mod.compute_cells
@@ -181,7 +205,7 @@ def interleaved(pure: Predictor, batch: int, mm: Matmul, seed: SeedStyle | None,
     def group(data, pert, level, *args, **kwargs):
         out = real_group(data, pert, level, *args, **kwargs)
         t0 = time.perf_counter()
-        clock["c"] += pure_forward(pure, len(data.images), batch)
+        clock["c"] += pure_seconds(len(data.images))
         clock["c_images"] += len(data.images)
         mm.burst(2)
         if seed is not None:
@@ -223,7 +247,7 @@ def measure(name: str, args, data: dict, tmp: Path, runtime: Runtime) -> dict:
     t0 = time.perf_counter()
     plan = SweepPlan([name], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
                      limit=args.images, compile=args.compile)
-    with interleaved(pure, args.batch_size, mm, seed_loop, clock):
+    with interleaved(lambda k: pure_forward(pure, k, args.batch_size), mm, seed_loop, clock):
         run_sweep(SweepJob(plan, tmp / "ckpt", tmp / f"run-{name}", Path(args.data_root)), log=lambda m: None)
     b_total = n / (time.perf_counter() - t0 - clock["inserted"])
     b = n / (clock["compute"] - clock["inserted"])
@@ -255,6 +279,35 @@ def measure(name: str, args, data: dict, tmp: Path, runtime: Runtime) -> dict:
     return row
 
 
+def measure_together(names: list[str], args, data: dict, tmp: Path, runtime: Runtime) -> dict:
+    """(b), (c), (d) of several models swept in one run, as ``run --models a,b,...`` sweeps
+    them: each batch perturbed and letterboxed once for all, one backbone pass per
+    backbone. (c) is the same models' forwards with the backbone shared the same way."""
+    seed, levels, n = data["seed"], data["levels"], data["image_levels"]
+    pures = []
+    for name in names:
+        pr = load_predictor(save_untrained(tmp / "ckpt", name, args.profile, seed=seed), runtime, expect_model=name)
+        if args.compile:
+            pr.compile(args.batch_size)
+        pures.append(pr)
+    flops = sum(model_flops(pr) for pr in pures)  # a shared backbone counted once per model: an upper bound
+    pure_forward_shared(pures, args.batch_size, args.batch_size)  # warm-up
+    mm = Matmul(runtime)
+    clock = dict.fromkeys(("c", "c_images", "inserted", "compute"), 0.0)
+    plan = SweepPlan(names, PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
+                     limit=args.images, compile=args.compile)
+    with interleaved(lambda k: pure_forward_shared(pures, k, args.batch_size), mm, None, clock):
+        run_sweep(SweepJob(plan, tmp / "ckpt", tmp / "run-together", Path(args.data_root)), log=lambda m: None)
+    b = n / (clock["compute"] - clock["inserted"])
+    c = clock["c_images"] / clock["c"]
+    row = {"models": names, "b_engine_image_levels_per_s": round(b, 3), "c_pure_forward_image_levels_per_s": round(c, 3),
+           "time_ratio_engine_over_pure_forward": round(c / b, 3), f"d_{runtime.precision}_matmul_gflops": round(mm.gflops, 1),
+           "gflop_per_image_all_models": round(flops / 1e9, 3)}
+    print(f"together ({', '.join(names)}): (b) engine {b:.2f}; (c) pure forwards {c:.2f} image-levels/s "
+          f"(an image-level: every model on one image); c/b = {c / b:.2f}; (d) {mm.gflops:.1f} GFLOP/s", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="unet", help="Registered model names, comma-separated; each is swept alone.")
@@ -265,6 +318,8 @@ def main() -> None:
     ap.add_argument("--data-root", default=os.environ.get("PETSEG_DATA", "../shared/data/oxford-iiit-pet"))
     ap.add_argument("--skip-seed-style", action="store_true", help="Only (b), (c), (d).")
     ap.add_argument("--compile", action="store_true", help="Engine and pure forward with torch.compile.")
+    ap.add_argument("--together", action="store_true",
+                    help="Also sweep all --models in one run (shared perturbation, letterbox and backbone), as `run` does.")
     ap.add_argument("--out", default=None, help="JSON result (default: results/sweep_throughput_<profile>[_compiled].json).")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
@@ -284,6 +339,7 @@ def main() -> None:
           f"(d) {runtime.precision} matmul {d:.1f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         rows = {name: measure(name, args, data, Path(tmp), runtime) for name in args.models.split(",")}
+        together = measure_together(args.models.split(","), args, data, Path(tmp), runtime) if args.together else None
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": hardware(info),
@@ -298,6 +354,7 @@ def main() -> None:
         "compile": args.compile,
         f"d_{runtime.precision}_matmul_gflops": round(d, 1),
         "models": rows,
+        "together": together,
     }
     if len(rows) == 1:  # one model: its figures at the top level too, where they always were
         result.update(next(iter(rows.values())))

@@ -140,8 +140,13 @@ def _build(key: str) -> Backbone:
     if not isinstance(backbone, Backbone):
         raise PluginError(f"backbone plugin {family!r} returned {type(backbone).__name__}, not a Backbone")
     backbone.key = key
-    # channels_last like the models: oneDNN's fastest convolution layout
-    return backbone.freeze().to(memory_format=torch.channels_last)
+    from .engine.bn_fold import fold_batchnorm
+
+    # channels_last like the models: oneDNN's fastest convolution layout; frozen, so
+    # always in eval mode: its BatchNorms fold into the convolutions for good
+    backbone = backbone.freeze().to(memory_format=torch.channels_last)
+    fold_batchnorm(backbone)
+    return backbone
 
 
 def clear_cache() -> None:

@@ -151,7 +151,8 @@ def stage_table(variant: Variant) -> list[tuple[int, int, int, int, int]]:
 
 
 class SameConv2d(nn.Conv2d):
-    """A bias-free convolution padded like TensorFlow's ``SAME``.
+    """A bias-free convolution padded like TensorFlow's ``SAME`` (a bias appears only
+    when inference folds the following BatchNorm into it).
 
     Stride 1 (odd kernels): symmetric ``k // 2``. Stride 2: the total padding
     ``max((ceil(n / s) - 1) * s + k - n, 0)`` is split with the odd pixel after, computed
@@ -170,7 +171,7 @@ class SameConv2d(nn.Conv2d):
                         (x.shape[-2], self.kernel_size[0], self.stride[0])):
             total = max((-(-n // s) - 1) * s + k - n, 0)
             pads += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, pads), self.weight, None, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -181,6 +182,9 @@ class MBConv(nn.Module):
     """Inverted residual block without squeeze-excitation: [1x1 expand, BN, ReLU6],
     depthwise kxk, BN, ReLU6, 1x1 project, BN, and the identity skip where shapes allow
     (with optional stochastic depth while training)."""
+
+    # each conv feeds only its BN: inference folds them (engine.bn_fold)
+    fold_pairs = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
         super().__init__()
@@ -224,6 +228,8 @@ def _encode(stem: nn.Module, bn: nn.Module, blocks: nn.ModuleList, taps: tuple[i
 
 class EfficientNetLite(nn.Module):
     """The whole ImageNet classifier; its state-dict keys are the wheels' own."""
+
+    fold_pairs = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))
 
     def __init__(self, variant: str | Variant):
         super().__init__()
@@ -291,6 +297,8 @@ class EfficientNetLiteEncoder(nn.Module):
     ``out_channels`` channels. Its state-dict keys are the wheel's (head and
     classifier left out)."""
 
+    fold_pairs = (("_conv_stem", "_bn0"),)
+
     def __init__(self, net: EfficientNetLite):
         super().__init__()
         self._conv_stem = net._conv_stem
@@ -314,6 +322,8 @@ class EfficientNetLiteEncoder(nn.Module):
 
 class PoolHead(nn.Module):
     """Head 1x1 conv, BN, ReLU6 and global mean: ``[B, C, h, w] -> [B, 1280]``."""
+
+    fold_pairs = (("_conv_head", "_bn1"),)
 
     def __init__(self, conv: nn.Module, bn: nn.Module):
         super().__init__()

@@ -193,3 +193,47 @@ def test_salt_and_pepper_matches_the_boolean_assignments(amount):
 def test_opencv_split_is_the_plane_copy():
     x = np.random.default_rng(5).standard_normal((6, 5, 3)).astype(np.float32)
     assert all(np.array_equal(p, x[..., c]) for c, p in enumerate(cv2.split(x)))
+
+
+def _randomise_bn(net: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics and affine far from 0/1: folding must carry them
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+
+
+@torch.no_grad()
+def test_efficientnet_batchnorms_fold_into_their_convolutions_with_the_same_output():
+    from petseg_bench.engine.bn_fold import fold_batchnorm
+    from petseg_bench_models.efficientnet import EfficientNetLite
+
+    net = EfficientNetLite("lite0")
+    _randomise_bn(net)
+    net.eval()
+    encoder, head = net.encoder().eval(), net.head().eval()
+    x = torch.rand(2, 3, 67, 53)  # odd sizes: the stride-2 SAME padding is uneven
+    maps, pooled, logits = encoder(x), head(net.features(x)[-1]), net(x)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert fold_batchnorm(net) == n_bn  # stem, every block's two or three, head
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    for a, b in zip(maps, net.features(x)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(logits, net(x), rtol=1e-4, atol=1e-4)
+    # the encoder and head made before the fold share the blocks, and fold their own stem/head pair
+    assert fold_batchnorm(encoder) == 1 and fold_batchnorm(head) == 1
+    assert torch.allclose(pooled, head(encoder(x)[-1]), rtol=1e-4, atol=1e-4)
+
+
+def test_a_frozen_efficientnet_backbone_is_built_folded():
+    from petseg_bench.backbones import clear_cache, load_backbone
+
+    clear_cache()
+    try:
+        backbone = load_backbone("efficientnet:lite0:none")
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+        assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
+    finally:
+        clear_cache()

@@ -3,7 +3,9 @@
 In eval mode ``BN(conv(x))`` is an affine map of ``conv(x)``, so it can live in the
 convolution's weights and bias: one pass over memory instead of two. Works on any
 model whose conv/BN pairs sit next to each other in an ``nn.Sequential``, built-in
-or third-party; anything else is left as it is.
+or third-party, and on modules that name their pairs in a ``fold_pairs`` attribute
+(``(("conv_attr", "bn_attr"), ...)``: the conv's output goes to that BN and nowhere
+else, as in an EfficientNet block); anything else is left as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every (Conv2d, BatchNorm2d) pair inside Sequentials; returns how many.
+    """Fold every (Conv2d, BatchNorm2d) pair inside Sequentials and every pair a module
+    names in ``fold_pairs``; returns how many.
 
     Only for inference: the folded model must not be trained again.
     """
@@ -30,6 +33,14 @@ def fold_batchnorm(model: nn.Module) -> int:
                 fused = fuse_conv_bn_eval(conv, bn)
                 seq._modules[a] = fused.to(memory_format=torch.channels_last) if _is_cl(conv) else fused
                 seq._modules[b] = nn.Identity()
+                folded += 1
+    for module in list(model.modules()):
+        for conv_name, bn_name in getattr(module, "fold_pairs", ()):
+            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
+                fused = fuse_conv_bn_eval(conv, bn)
+                setattr(module, conv_name, fused.to(memory_format=torch.channels_last) if _is_cl(conv) else fused)
+                setattr(module, bn_name, nn.Identity())
                 folded += 1
     return folded
 

@@ -237,3 +237,15 @@ def test_a_frozen_efficientnet_backbone_is_built_folded():
         assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
     finally:
         clear_cache()
+
+
+@pytest.mark.parametrize("flags, unit", [
+    (["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"], "AMX (amx_bf16)"),
+    (["avx2", "avx512f", "avx512_bf16"], "AVX-512 BF16 (avx512_bf16), no AMX"),
+    (["bf16"], "Arm bf16 extension"),
+    (["avx2"], "no native bf16 (emulated)"),
+])
+def test_benchmarks_name_what_multiplies_bf16(flags, unit):
+    from petseg_bench.provenance import bf16_matmul_units
+
+    assert bf16_matmul_units({"cpu_flags": flags}) == unit

@@ -164,20 +164,8 @@ class SeedStyle:
         self.seconds += time.perf_counter() - t0
 
 
-def pure_forward(predictor: Predictor, n: int, batch: int) -> float:
-    """Seconds of (c): the engine's batched forward (its precision, channels_last, the
-    frozen backbone's features, the click) for ``n`` images, with no data work at all."""
-    x, points = dummy_batch(predictor, batch)
-    done = 0
-    t0 = time.perf_counter()
-    while done < n:
-        predictor.logits(x, points)
-        done += batch
-    return (time.perf_counter() - t0) * n / done
-
-
 def pure_forward_shared(predictors: list[Predictor], n: int, batch: int) -> float:
-    """Seconds of (c) for several models as one run computes them: per batch one dummy
+    """Seconds of (c) for one or several models as one run computes them: per batch one dummy
     input per input size and one frozen-backbone pass per backbone (a shared
     :class:`FeatureCache`), then every model's forward."""
     inputs = {}
@@ -247,7 +235,7 @@ def measure(name: str, args, data: dict, tmp: Path, runtime: Runtime) -> dict:
     t0 = time.perf_counter()
     plan = SweepPlan([name], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
                      limit=args.images, compile=args.compile)
-    with interleaved(lambda k: pure_forward(pure, k, args.batch_size), mm, seed_loop, clock):
+    with interleaved(lambda k: pure_forward_shared([pure], k, args.batch_size), mm, seed_loop, clock):
         run_sweep(SweepJob(plan, tmp / "ckpt", tmp / f"run-{name}", Path(args.data_root)), log=lambda m: None)
     b_total = n / (time.perf_counter() - t0 - clock["inserted"])
     b = n / (clock["compute"] - clock["inserted"])

@@ -28,21 +28,23 @@ def fold_batchnorm(model: nn.Module) -> int:
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):
-            conv, bn = seq._modules[a], seq._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
-                fused = fuse_conv_bn_eval(conv, bn)
-                seq._modules[a] = fused.to(memory_format=torch.channels_last) if _is_cl(conv) else fused
-                seq._modules[b] = nn.Identity()
-                folded += 1
+            folded += _fold_pair(seq, a, b)
     for module in list(model.modules()):
         for conv_name, bn_name in getattr(module, "fold_pairs", ()):
-            conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None:
-                fused = fuse_conv_bn_eval(conv, bn)
-                setattr(module, conv_name, fused.to(memory_format=torch.channels_last) if _is_cl(conv) else fused)
-                setattr(module, bn_name, nn.Identity())
-                folded += 1
+            folded += _fold_pair(module, conv_name, bn_name)
     return folded
+
+
+def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> int:
+    """Fold ``owner.<bn_name>`` into ``owner.<conv_name>`` where they are a Conv2d and a
+    BatchNorm2d with running statistics; 1 if folded, else 0."""
+    conv, bn = owner._modules.get(conv_name), owner._modules.get(bn_name)
+    if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None):
+        return 0
+    fused = fuse_conv_bn_eval(conv, bn)
+    owner._modules[conv_name] = fused.to(memory_format=torch.channels_last) if _is_cl(conv) else fused
+    owner._modules[bn_name] = nn.Identity()
+    return 1
 
 
 def _is_cl(conv: nn.Conv2d) -> bool:

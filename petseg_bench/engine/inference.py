@@ -25,8 +25,7 @@ import torch
 from ..backbones import FeatureCache
 from ..data.letterbox import Letterbox
 from ..metrics import confusion_matrix
-from .predictor import Predictor, argmax_last, host_scores, letterbox_batch
-from .runtime import in_parallel
+from .predictor import Predictor, letterbox_batch, restore
 
 T = TypeVar("T")
 
@@ -73,9 +72,7 @@ def prefetch(make: Callable[[T], Batch], items: Sequence[T], background: bool = 
 def score(logits: torch.Tensor, boxes: Sequence[Letterbox], labels: Sequence[np.ndarray], n_classes: int) -> list:
     """Per-image confusion matrices of logits restored to each image's original size
     (:func:`~.predictor.restore`'s resize and argmax, then the counts), images in parallel."""
-    scores = host_scores(logits)
-    return in_parallel(lambda lo, hi: [confusion_matrix(argmax_last(boxes[i].invert(scores[i])), labels[i], n_classes)
-                                       for i in range(lo, hi)], len(boxes))
+    return restore(logits, boxes, lambda i, mask: confusion_matrix(mask, labels[i], n_classes))
 
 
 def overlaps(predictors: Mapping[str, Predictor]) -> bool:

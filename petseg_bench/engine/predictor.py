@@ -225,13 +225,19 @@ def move_click(lb: Letterbox, click: tuple[int, int], move) -> tuple[int, int]:
     return int(y), int(x)
 
 
-def restore(logits: torch.Tensor, boxes: Sequence[Letterbox]) -> list[np.ndarray]:
+def restore(logits: torch.Tensor, boxes: Sequence[Letterbox], then=None) -> list:
     """Each image's logits back to its original size (bilinear, :meth:`Letterbox.invert`),
     then the argmax. OpenCV's resize on HWC float32 and a per-class running maximum are
     several times faster here than torch's interpolate and argmax on the CPU, with the
-    same result (half-pixel centres, first class wins ties)."""
+    same result (half-pixel centres, first class wins ties). Images in parallel; with
+    ``then``, each image's result is ``then(i, mask)`` (computed on the same thread)."""
     scores = host_scores(logits)
-    return in_parallel(lambda lo, hi: [argmax_last(boxes[i].invert(scores[i])) for i in range(lo, hi)], len(boxes))
+
+    def part(lo: int, hi: int) -> list:
+        masks = ((i, argmax_last(boxes[i].invert(scores[i]))) for i in range(lo, hi))
+        return [m if then is None else then(i, m) for i, m in masks]
+
+    return in_parallel(part, len(boxes))
 
 
 def host_scores(logits: torch.Tensor) -> np.ndarray:

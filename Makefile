@@ -18,9 +18,9 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 # The reference results (reports/reference/): every model in the reference profile, then the
-# seed's sweep on a seeded subset of REF_IMAGES test images, clean scores in both void modes.
+# seed's sweep on every test image (or a seeded subset of REF_IMAGES), clean scores in both void modes.
 REF_OUT    ?= runs/reference
-REF_IMAGES ?= 300
+REF_IMAGES ?=
 REF_MODELS ?= effnet_unet clip_unet point_clip_unet clip_only autoencoder unet
 
 .PHONY: venv demo test test-fast clean reference
@@ -55,7 +55,7 @@ reference: venv
 		$(BIN)/petseg-bench evaluate $(REF_OUT)/checkpoints/$$m/best.pt --void $$v \
 			--out $(REF_OUT)/clean/$$m.$$v.json; done; done
 	$(BIN)/petseg-bench run --models $$(echo $(REF_MODELS) | tr ' ' ,) --perturbations $(DEMO_PERTURBATIONS) \
-		--checkpoints $(REF_OUT)/checkpoints --out $(REF_OUT) --limit $(REF_IMAGES) --resume --no-report
+		--checkpoints $(REF_OUT)/checkpoints --out $(REF_OUT) $(if $(REF_IMAGES),--limit $(REF_IMAGES)) --resume --no-report
 	$(BIN)/petseg-bench report $(REF_OUT) --no-examples
 
 test: venv

@@ -29,8 +29,8 @@ NORMS = ("none", "batch")
 
 
 def _act(channels: int, norm: str) -> list[nn.Module]:
-    """LeakyReLU, after a BatchNorm when ``norm`` is "batch" (without one, deep stacks of
-    this kind train slowly: the reference profile turns it on)."""
+    """LeakyReLU, after a BatchNorm when ``norm`` is "batch" (an option: it lost on validation
+    at the quick profile, so no profile turns it on; reports/reference/README.md)."""
     return ([nn.BatchNorm2d(channels)] if norm == "batch" else []) + [nn.LeakyReLU(0.01, inplace=True)]
 
 

@@ -50,6 +50,21 @@ def test_encoder_learns_at_its_scaled_rate(spec):
     assert [id(p) for p in only["params"]] == [id(p) for p in model.parameters()]
 
 
+def test_training_log_shows_the_base_lr_not_the_encoders_scaled_one(tmp_path):
+    from conftest import train, write_dataset
+
+    from petseg_bench.config import TrainConfig
+
+    data = write_dataset(tmp_path / "pets", n_cat=4, n_dog=4, size=(40, 56))
+    cfg = TrainConfig(epochs=2, batch_size=4, workers=0, precision="fp32", device="cpu", val_fraction=0.25,
+                      lr=1e-3, patience=0)
+    effnet = train("effnet_unet", cfg, {"in_size": 32, "weights": "none"}, data, tmp_path / "out")
+    unet = train("unet", cfg, {"in_size": 32, "base_channels": 4}, data, tmp_path / "out")
+    # one schedule for both: the encoder's group runs at 0.3x, the log names the base rate
+    assert [r["lr"] for r in effnet.history] == pytest.approx([r["lr"] for r in unet.history])
+    assert effnet.history[0]["lr"] > 0.3 * cfg.lr
+
+
 @pytest.mark.parametrize("options,needle", [
     ({"decoder": "1,2,3"}, "5 positive widths"),
     ({"decoder": "a,b,c,d,e"}, "comma-separated"),

@@ -146,7 +146,7 @@ class TrainLoop:
         total, seen = ctx.dist.sum(total, seen)
         seen = int(seen)
         seconds = time.perf_counter() - t0
-        self.row.update(train_loss=round(total / max(seen, 1), 6), lr=self.opt.param_groups[0]["lr"],
+        self.row.update(train_loss=round(total / max(seen, 1), 6), lr=base_lr(self.opt),
                         seconds=round(seconds, 2), images_per_s=round(seen / seconds, 2))
 
     def step(self, batch: dict, loss_kind: str, index: int) -> float:
@@ -196,7 +196,14 @@ def param_groups(model: torch.nn.Module, lr_scales, lr: float) -> list[dict]:
         if p.requires_grad:
             scale = next((s for prefix, s in lr_scales.items() if name.startswith(prefix)), 1.0)
             groups.setdefault(scale, []).append(p)
-    return [{"params": ps, "lr": lr * s} for s, ps in groups.items()]
+    return [{"params": ps, "lr": lr * s, "lr_scale": s} for s, ps in groups.items()]
+
+
+def base_lr(opt: torch.optim.Optimizer) -> float:
+    """The unscaled group's current lr (group 0 may be a scaled one, e.g. effnet_unet's
+    encoder at 0.3x); the first group's when every group is scaled."""
+    groups = opt.param_groups
+    return next((g["lr"] for g in groups if g.get("lr_scale", 1.0) == 1.0), groups[0]["lr"])
 
 
 def make_optimizer(cfg, params) -> torch.optim.Optimizer:

@@ -188,7 +188,9 @@ class ModelSpec:
     rebuilt from their source and left out of checkpoints. ``upgrade(options)`` maps
     options read from an older checkpoint format. ``lr_scales`` multiplies the learning
     rate of the parameters under a prefix (``{"encoder.": 0.3}``: a pretrained encoder
-    fine-tuned more gently than a fresh decoder).
+    fine-tuned more gently than a fresh decoder). ``encoder_label(options)`` names a
+    pretrained encoder the model holds and fine-tunes (``"EfficientNet-Lite1 (ImageNet)"``):
+    reports print it beside the model's label, as they print a frozen backbone's.
     """
 
     name: str
@@ -209,6 +211,7 @@ class ModelSpec:
     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     paper: PaperFigures | None = None
     lr_scales: Mapping[str, float] = field(default_factory=dict)
+    encoder_label: Callable[[Mapping[str, Any]], str] | None = None
 
     @property
     def display(self) -> str:
@@ -256,6 +259,10 @@ class ModelSpec:
         cfg = ModelConfig(**fields, options=self.resolve_options(options or {}, profile))
         cfg.validate()
         return cfg
+
+    def encoder_name(self, config: ModelConfig) -> str | None:
+        """What the model's own pretrained encoder is (its ``encoder_label``), if it has one."""
+        return None if self.encoder_label is None else str(self.encoder_label(config.options))
 
     def backbone_key(self, config: ModelConfig) -> str | None:
         """The key of the frozen backbone this model instance uses, if any."""

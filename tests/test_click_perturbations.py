@@ -201,6 +201,8 @@ def test_sweep_click_cells_only_for_point_models_and_clean_unchanged(setup, tmp_
         assert read_cell(tmp_path / "run", Cell("unet", "gaussian_noise", lv), ids) is not None
     assert read_cell(tmp_path / "run", Cell("point_clip_unet", "click_centroid", 1), ids) is not None
     assert set(record["click_off_foreground"]) == {"click_jitter", "click_centroid"}
+    # families are recorded (click perturbations have none), for a report without the plugins
+    assert record["perturbation_families"] == {"gaussian_noise": {"family": "seed", "label": "Seed study's eight"}}
     assert 0.0 <= record["click_off_foreground"]["click_centroid"]["1"] <= 1.0
 
     # Clean cells: identical to the path of before (clicks placed on the letterboxed

@@ -63,6 +63,28 @@ def test_training_log_shows_the_base_lr_not_the_encoders_scaled_one(tmp_path):
     # one schedule for both: the encoder's group runs at 0.3x, the log names the base rate
     assert [r["lr"] for r in effnet.history] == pytest.approx([r["lr"] for r in unet.history])
     assert effnet.history[0]["lr"] > 0.3 * cfg.lr
+    # the encoder is named in the checkpoint, and in what a predictor reads back
+    from petseg_bench.engine import checkpoint
+    from petseg_bench.engine.predictor import load_predictor
+
+    assert checkpoint.load(effnet.best_path)["encoder"] == "EfficientNet-Lite0 (random init)"
+    assert load_predictor(effnet.best_path).info["encoder"] == "EfficientNet-Lite0 (random init)"
+    assert load_predictor(unet.best_path).info["encoder"] is None
+
+
+@pytest.mark.parametrize("options,label", [
+    ({}, "EfficientNet-Lite0 (ImageNet)"),
+    ({"encoder": "lite1"}, "EfficientNet-Lite1 (ImageNet)"),
+    ({"encoder": "lite2", "weights": "none"}, "EfficientNet-Lite2 (random init)"),
+    ({"weights": "/tmp/x/my-lite0.pth"}, "EfficientNet-Lite0 (weights from my-lite0.pth)"),
+])
+def test_the_encoder_is_named_for_the_reports(spec, options, label):
+    from petseg_bench.reporting.models import describe_models
+
+    assert spec.encoder_name(spec.config({"in_size": 64}, options)) == label
+    views = describe_models({"model_info": {"effnet_unet": {"encoder": label}, "unet": {"encoder": None}}}, [])
+    assert views["effnet_unet"].label == f"{spec.display} [{label}]"
+    assert views["unet"].label == get_registry().get("model", "unet").display
 
 
 @pytest.mark.parametrize("options,needle", [
@@ -145,6 +167,10 @@ def test_a_model_sets_its_own_generic_fields_per_profile_below_explicit_options(
     assert ae.config(fields, {}, "reference").options["latent_dim"] == 512
     clip = reg.get("model", "clip_unet")
     assert clip.config({}, {}, "reference").options["backbone"] == "efficientnet:lite0"  # a real frozen encoder
+    effnet = reg.get("model", "effnet_unet")
+    assert effnet.config({}, {}, "reference").options["encoder"] == "lite1"  # chosen by validation
+    assert effnet.config({}, {"encoder": "lite2"}, "reference").options["encoder"] == "lite2"
+    assert effnet.config({}, {}, "quick").options["encoder"] == "lite0"
 
 
 def test_species_loss_ignores_unknown_species():

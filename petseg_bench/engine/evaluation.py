@@ -69,6 +69,7 @@ def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda messag
         "split": "test",
         "void": void,
         "backbone": info.get("backbone"),
+        "encoder": info.get("encoder"),
         "eval_click_rule": info.get("eval_click_rule"),
         "data_fingerprint": test.fingerprint,
         "train_data_fingerprint": info.get("data_fingerprint"),
@@ -98,6 +99,8 @@ def format_summary(result: dict) -> str:
     if bb:
         head += f"; frozen backbone {bb['label']}" + (" (random weights: not a result with a pretrained backbone)"
                                                       if bb.get("random_init") else "")
+    if result.get("encoder"):
+        head += f"; encoder {result['encoder']}"
     table = tabulate(rows, headers=["reduction", "mIoU", "mDice", "pixel acc"] + [f"IoU {c}" for c in CLASS_NAMES])
     return f"{head}\n{table}"
 

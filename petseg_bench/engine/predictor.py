@@ -168,6 +168,7 @@ def load_predictor(path: Path, runtime: Runtime | None = None, expect_model: str
     info = {k: v for k, v in data.items() if k not in ("state_dict", "optimizer", "scheduler", "rng", "loop")}
     pr = Predictor(model, spec, config, runtime, info=info)
     info["backbone"] = None if pr.backbone is None else pr.backbone.describe()
+    info["encoder"] = spec.encoder_name(config)  # from the options: checkpoints older than the field get it too
     return pr
 
 

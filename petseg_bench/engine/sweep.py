@@ -222,6 +222,9 @@ def run_sweep(job: SweepJob, progress: bool = False, log: Callable[[str], None] 
             record["shard"] = plan.shard.to_dict()
         record["model_info"] = backend.load(sweep_source(job, ckpts, record), test)
         record["click_perturbations"] = [p for p, s in pert_specs.items() if s.acts_on_clicks]
+        # The report groups by family; recorded so that a report re-rendered without the plugin still can.
+        record["perturbation_families"] = {p: {"family": s.family, "label": s.family_label}
+                                           for p, s in pert_specs.items() if s.family}
         note_click_skips(plan.models, record["click_perturbations"], log)
         write_run(job.record_dir, record)
         n_cells, compute_s = compute_cells(job, backend, levels, record, progress, log)
@@ -449,7 +452,7 @@ def _runtime_of_old_record(saved: dict, record: dict) -> dict:
 
 def model_info(pr: Predictor, path: Path, sha: str) -> dict:
     info = pr.info or {}
-    return {"checkpoint": str(path), "sha256": sha, "backbone": info.get("backbone"),
+    return {"checkpoint": str(path), "sha256": sha, "backbone": info.get("backbone"), "encoder": info.get("encoder"),
             "eval_click_rule": info.get("eval_click_rule"), "in_size": pr.config.in_size,
             "base_channels": pr.config.base_channels, "train_config": info.get("train_config"),
             "train_data_fingerprint": info.get("data_fingerprint"), "val": info.get("val"), "epoch": info.get("epoch")}

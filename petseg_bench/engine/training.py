@@ -230,7 +230,7 @@ def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print, dis
         "model": job.model, "model_config": mcfg.to_dict(), "train_config": cfg.to_dict(),
         "data_fingerprint": prepared.fingerprint, "n_train": int(len(train_pos)), "n_val": int(len(val_pos)),
         "code_version": code_version(), "runtime": runtime.describe(),
-        "backbone": None if backbone is None else backbone.describe(),
+        "backbone": None if backbone is None else backbone.describe(), "encoder": spec.encoder_name(mcfg),
         "eval_click_rule": EVAL_CLICK_RULE if "point" in spec.inputs else None, "processes": dist.world,
     }
     run_dir = Path(job.out_dir) / job.model

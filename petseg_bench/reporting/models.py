@@ -26,6 +26,7 @@ class ModelView:
     display: str
     backbone: Mapping[str, Any] | None  # run.json model_info[name]["backbone"]
     paper: PaperFigures | None
+    encoder: str | None = None  # run.json model_info[name]["encoder"]: a pretrained encoder it fine-tuned
 
     @property
     def backbone_label(self) -> str | None:
@@ -35,9 +36,9 @@ class ModelView:
 
     @property
     def label(self) -> str:
-        """The display name, with the backbone that produced the numbers where there is
-        one: the same model on other weights is another result."""
-        backbone = self.backbone_label
+        """The display name, with the backbone (or pretrained encoder) that produced the
+        numbers where there is one: the same model on other weights is another result."""
+        backbone = self.backbone_label or self.encoder
         return f"{self.display} [{backbone}]" if backbone else self.display
 
     @property
@@ -59,8 +60,9 @@ def describe_models(run: Mapping[str, Any], names: Iterable[str]) -> dict[str, M
         if name in out:
             continue
         spec = find_spec(name)
-        backbone = (infos.get(name) or {}).get("backbone")
-        out[name] = ModelView(name, spec.display if spec else name, backbone or None, spec.paper if spec else None)
+        info = infos.get(name) or {}
+        out[name] = ModelView(name, spec.display if spec else name, info.get("backbone") or None,
+                              spec.paper if spec else None, info.get("encoder") or None)
     return out
 
 

@@ -146,9 +146,10 @@ def petseg_bench_models():
             ),
             prepare_options=_prepare,
             # Reference: the segmentation stage needs many epochs more than reconstruction (validation
-            # mIoU 0.30 after 8 + 8 epochs, 0.44 after 8 + 32; reports/reference/README.md).
+            # mIoU 0.30 after 8 + 8 epochs, 0.44 after 8 + 32, 0.55 after 8 + 96; about 5 s per segmentation
+            # epoch on 2 idle cores; reports/reference/README.md).
             profiles={"quick": {"latent_dim": 256},
-                      "reference": {"latent_dim": 512, "base_channels": 32, "phase_epochs": (8, 32), "restart_epochs": 32}},
+                      "reference": {"latent_dim": 512, "base_channels": 32, "phase_epochs": (8, 96), "restart_epochs": 96}},
             paper=PaperFigures("Autoencoder", (0.56, 0.63, 0.74), (0.75, 0.67, 0.27)),
         )
     ]

@@ -227,6 +227,10 @@ def test_sweep_click_cells_only_for_point_models_and_clean_unchanged(setup, tmp_
     run, summary = load_summary(tmp_path / "run", n_boot=10)
     assert summary["perturbations"] == ["gaussian_noise"]
     assert summary["click_perturbations"] == ["click_jitter", "click_centroid"]
+    labels = summary["model_labels"]
+    assert labels["unet"] == {"label": "U-Net", "backbone": None, "encoder": None, "random_init": False}
+    backbone = record["model_info"]["point_clip_unet"]["backbone"]["label"]
+    assert labels["point_clip_unet"]["backbone"] == backbone and backbone in labels["point_clip_unet"]["label"]
     table = click_table(summary, {})
     unet_rows = [r for r in table.rows if r[1] == "unet"]
     point_rows = [r for r in table.rows if r[1] == "point_clip_unet"]

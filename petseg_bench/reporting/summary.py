@@ -38,6 +38,7 @@ from ..errors import PetsegError
 from ..labels import CLASS_NAMES
 from ..metrics import BUILTIN_METRICS, REDUCTIONS, divide, json_float, mean_over_classes, reduce, summarize
 from ..results import CLEAN, load_run, matrices, read_run
+from .models import describe_models
 
 SCHEMA_VERSION = 1
 #: The reduction every robustness score uses (the seed study's robustness plots).
@@ -317,6 +318,10 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
         "schema": SCHEMA_VERSION,
         "classes": list(CLASS_NAMES),
         "models": models,
+        # What produced each model's numbers, as the tables and plots label it.
+        "model_labels": {m: {"label": v.label, "backbone": v.backbone_label, "encoder": v.encoder,
+                             "random_init": v.random_init} for m, v in describe_models(run, models).items()
+                         if m in models},
         "perturbations": perts,
         "click_perturbations": click_perts,
         "click_off_foreground": run.get("click_off_foreground") or {},

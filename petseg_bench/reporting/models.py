@@ -45,6 +45,11 @@ class ModelView:
     def random_init(self) -> bool:
         return bool(self.backbone and self.backbone.get("random_init"))
 
+    def describe(self) -> dict[str, Any]:
+        """summary.json's ``model_labels`` entry: what produced the model's numbers."""
+        return {"label": self.label, "backbone": self.backbone_label, "encoder": self.encoder,
+                "random_init": self.random_init}
+
 
 def find_spec(name: str) -> ModelSpec | None:
     from ..plugins import get_registry

@@ -311,6 +311,7 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
         clean_rows = dm[dm["perturbation"] == CLEAN]
         clean[m] = clean_metrics(matrices(clean_rows), n_boot, boot_seed) if len(clean_rows) else None
         curves[m] = _model_curves(dm, clean[m], perts + click_perts)
+    views = describe_models(run, models)
     seed_clean = {m: (c[SCORE_REDUCTION]["mdice"] if c else None) for m, c in clean.items()}
     seed_curves = {m: {p: {lv: v[SCORE_REDUCTION] for lv, v in pts.items() if lv > 0} for p, pts in per.items()
                        if p not in click_set} for m, per in curves.items()}
@@ -319,9 +320,7 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
         "classes": list(CLASS_NAMES),
         "models": models,
         # What produced each model's numbers, as the tables and plots label it.
-        "model_labels": {m: {"label": v.label, "backbone": v.backbone_label, "encoder": v.encoder,
-                             "random_init": v.random_init} for m, v in describe_models(run, models).items()
-                         if m in models},
+        "model_labels": {m: views[m].describe() for m in models},
         "perturbations": perts,
         "click_perturbations": click_perts,
         "click_off_foreground": run.get("click_off_foreground") or {},

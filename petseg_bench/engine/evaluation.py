@@ -11,7 +11,9 @@ import numpy as np
 from tabulate import tabulate
 
 from ..config import check_seed
+from ..data.breeds import BreedGroups, breed_counts, breed_scores
 from ..data.cache import prepare
+from ..data.layout import list_split, refuse_overlap
 from ..data.split import limit as limit_positions
 from ..errors import ModelRunError, PetsegError
 from ..labels import CLASS_NAMES
@@ -20,6 +22,7 @@ from ..plugins import get_registry
 from ..provenance import code_version
 from .dropped import note_dropped
 from .inference import clean_batches, inference_on_dataset
+from .checkpoint import folder_model
 from .predictor import load_predictor
 from .runtime import Runtime
 
@@ -36,6 +39,7 @@ class EvalJob:
     device: str = "auto"
     seed: int = 0
     void: str | None = None  # None: the mode the checkpoint was trained with
+    allow_overlap: bool = False  # test images also in trainval: evaluation-only data, recorded
 
     def validate(self) -> None:
         if self.void not in (None, "nearest", "ignore"):
@@ -49,7 +53,9 @@ class EvalJob:
 
 def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda message: None) -> dict:
     job.validate()
-    pr = load_predictor(job.checkpoint, Runtime.choose(job.device, job.precision))
+    overlap = refuse_overlap(job.data_root, job.allow_overlap, log, "--allow-overlap")
+    pr = load_predictor(job.checkpoint, Runtime.choose(job.device, job.precision),
+                        expect_model=folder_model(job.checkpoint))  # OUT/<model>/best.pt claims <model>
     info = pr.info
     void = job.void or (info.get("train_config") or {}).get("void", "nearest")
     test = prepare(job.data_root, "test", void, job.cache_dir)
@@ -77,7 +83,14 @@ def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda messag
         "runtime": pr.runtime.describe(),
         "seconds": round(seconds, 2),
         "metrics": summarize(cms, get_registry().metrics, n_boot=job.n_boot, seed=job.seed),
+        **({"allowed_overlap": overlap} if overlap else {}),  # --allow-overlap: the test images in trainval
+        "breeds": breed_scores([test.names[p] for p in positions], cms, training_breeds(job.data_root)),
     }
+
+
+def training_breeds(data_root: Path) -> BreedGroups:
+    """The breed groups of the labelled training split (trainval's usable images)."""
+    return BreedGroups(breed_counts(s.name for s in list_split(data_root, "trainval").samples))
 
 
 def format_summary(result: dict) -> str:
@@ -102,7 +115,16 @@ def format_summary(result: dict) -> str:
     if result.get("encoder"):
         head += f"; encoder {result['encoder']}"
     table = tabulate(rows, headers=["reduction", "mIoU", "mDice", "pixel acc"] + [f"IoU {c}" for c in CLASS_NAMES])
-    return f"{head}\n{table}"
+    return f"{head}\n{table}" + (f"\n{group_lines(result['breeds'])}" if result.get("breeds") else "")
+
+
+def group_lines(breeds: dict) -> str:
+    """The two breed groups' dataset mIoU, one line."""
+    parts = []
+    for group, s in breeds["groups"].items():
+        n_breeds = sum(1 for b in breeds["breeds"].values() if b["group"] == group)
+        parts.append(f"{group} ({n_breeds} breeds, {s['n_images']} images): mIoU {_fmt(s['miou'])}")
+    return f"breeds (>= {breeds['min_count']} training images = well represented; dataset reduction): " + "; ".join(parts)
 
 
 def _fmt(v) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from petseg_bench.config import resolve
-from petseg_bench.data.clicks import EVAL_CLICK_RULE
+from petseg_bench.data.points import EVAL_CLICK_RULE
 from petseg_bench.engine import checkpoint
 from petseg_bench.engine.predictor import attach_backbone, build_model, trainable_state
 from petseg_bench.engine.runtime import Runtime

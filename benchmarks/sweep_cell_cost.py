@@ -79,7 +79,7 @@ def main() -> None:
         if args.flops_only:
             return print_flops(models, Path(tmp) / "ckpt", args)
         plan = sweep_mod.SweepPlan(models, SEED_EIGHT, [args.level], batch_size=args.batch_size, limit=args.images)
-        job = sweep_mod.SweepJob(plan, Path(tmp) / "ckpt", Path(tmp) / "run", Path(args.data_root))
+        job = sweep_mod.SweepJob(plan=plan, checkpoints_dir=Path(tmp) / "ckpt", run_dir=Path(tmp) / "run", data_root=Path(args.data_root))
         clock: dict = {}
         sweep_mod.compute_cells = timed_compute(clock)
         t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def main() -> None:
     image_levels = args.images * (1 + len(SEED_EIGHT))  # per model; all models share each image-level
     row = {
         "profile": args.profile, "models": models, "backbone": args.backbone, "images": args.images,
-        "threads": args.threads, "batch_size": args.batch_size, "runtime": record["runtime"], "hardware": hardware(),
+        "threads": args.threads, "batch_size": args.batch_size, "runtime": record.runtime, "hardware": hardware(),
         "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "image_levels": image_levels,

@@ -40,7 +40,7 @@ from petseg_bench.config import PROFILES  # noqa: E402
 from petseg_bench.data.cache import prepare  # noqa: E402
 from petseg_bench.data.split import limit as limit_positions  # noqa: E402
 from petseg_bench.engine import inference  # noqa: E402
-from petseg_bench.engine import sweep as sweep_mod  # noqa: E402
+from petseg_bench.engine import groups as sweep_mod  # noqa: E402 - the sweep's group computation
 from petseg_bench.engine.predictor import load_predictor  # noqa: E402
 from petseg_bench.engine.runtime import Runtime  # noqa: E402
 from petseg_bench.perturbation import perturb  # noqa: E402
@@ -101,7 +101,7 @@ def stages_in_engine(pr, data: sweep_mod.SweepData, cells) -> dict[str, float]:
                 clock[key] += time.perf_counter() - t0
         return wrapper
 
-    # sweep.py calls in_parallel for the perturbation alone; the other stages by name
+    # groups.py calls in_parallel for the perturbation alone; the other stages by name
     patches = [(sweep_mod, "in_parallel", "perturb"), (sweep_mod, "make_batch", "letterbox"),
                (inference, "score", "score")]
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]

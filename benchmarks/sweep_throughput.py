@@ -61,6 +61,7 @@ from petseg_bench.data.split import limit as limit_positions  # noqa: E402
 from petseg_bench.engine.inputs import model_inputs  # noqa: E402
 from petseg_bench.engine.predictor import Predictor, load_predictor  # noqa: E402
 from petseg_bench.engine.runtime import Runtime  # noqa: E402
+from petseg_bench.engine import backend as backend_mod  # noqa: E402 - its LocalBackend calls compute_group
 from petseg_bench.engine import sweep as sweep_mod  # noqa: E402
 from petseg_bench.engine.sweep import SweepJob, SweepPlan, run_sweep  # noqa: E402
 from petseg_bench.metrics import confusion_matrix  # noqa: E402
@@ -188,7 +189,7 @@ def interleaved(pure_seconds, mm: Matmul, seed: SeedStyle | None, clock: dict):
     """The engine's groups with (c) (``pure_seconds(images)``), (d) and (a) run after each: ``clock`` gets the
     seconds of the pure forwards (``c``) and of all that was inserted (``inserted``),
     and the wall seconds of ``compute_cells`` (``compute``)."""
-    real_group, real_cells = sweep_mod.compute_group, sweep_mod.compute_cells
+    real_group, real_cells = backend_mod.compute_group, sweep_mod.compute_cells
 
     def group(data, pert, level, *args, **kwargs):
         out = real_group(data, pert, level, *args, **kwargs)
@@ -208,11 +209,11 @@ def interleaved(pure_seconds, mm: Matmul, seed: SeedStyle | None, clock: dict):
         finally:
             clock["compute"] += time.perf_counter() - t0
 
-    sweep_mod.compute_group, sweep_mod.compute_cells = group, cells
+    backend_mod.compute_group, sweep_mod.compute_cells = group, cells
     try:
         yield clock
     finally:
-        sweep_mod.compute_group, sweep_mod.compute_cells = real_group, real_cells
+        backend_mod.compute_group, sweep_mod.compute_cells = real_group, real_cells
 
 
 def measure(name: str, args, data: dict, tmp: Path, runtime: Runtime) -> dict:
@@ -236,14 +237,14 @@ def measure(name: str, args, data: dict, tmp: Path, runtime: Runtime) -> dict:
     plan = SweepPlan([name], PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
                      limit=args.images, compile=args.compile)
     with interleaved(lambda k: pure_forward_shared([pure], k, args.batch_size), mm, seed_loop, clock):
-        run_sweep(SweepJob(plan, tmp / "ckpt", tmp / f"run-{name}", Path(args.data_root)), log=lambda m: None)
+        run_sweep(SweepJob(plan=plan, checkpoints_dir=tmp / "ckpt", run_dir=tmp / f"run-{name}", data_root=Path(args.data_root)), log=lambda m: None)
     b_total = n / (time.perf_counter() - t0 - clock["inserted"])
     b = n / (clock["compute"] - clock["inserted"])
     c = clock["c_images"] / clock["c"]
     d = mm.gflops
     a = None if seed_loop is None else n / seed_loop.seconds  # the image-levels of the same results table
     row = {
-        "model": f"{name} base {config.base_channels} at {config.in_size} px",
+        "model": f"{name} base {config.options.get('base_channels')} at {config.in_size} px",
         "backbone": pure.spec.backbone_key(config),
         "model_gflop_per_image": round(flops / 1e9, 3),
         "a_seed_style_image_levels_per_s": None if a is None else round(a, 3),
@@ -258,7 +259,7 @@ def measure(name: str, args, data: dict, tmp: Path, runtime: Runtime) -> dict:
         "engine_fraction_of_matmul_rate": round(b * flops / 1e9 / d, 3),
         "pure_forward_fraction_of_matmul_rate": round(c * flops / 1e9 / d, 3),
     }
-    print(f"{name}: base {config.base_channels} at {config.in_size} px, {flops / 1e9:.2f} GFLOP/image"
+    print(f"{name}: base {config.options.get('base_channels')} at {config.in_size} px, {flops / 1e9:.2f} GFLOP/image"
           + (f"; (a) seed-style {a:.2f}" if a is not None else "")
           + f"; (b) engine {b:.2f} ({b_total:.2f} with setup); (c) pure forward {c:.2f} image-levels/s; "
           + (f"b/a = {b / a:.2f}x, c/a = {c / a:.2f}x; " if a is not None else "")
@@ -285,7 +286,7 @@ def measure_together(names: list[str], args, data: dict, tmp: Path, runtime: Run
     plan = SweepPlan(names, PERTURBATIONS, levels, seed=seed, batch_size=args.batch_size,
                      limit=args.images, compile=args.compile)
     with interleaved(lambda k: pure_forward_shared(pures, k, args.batch_size), mm, None, clock):
-        run_sweep(SweepJob(plan, tmp / "ckpt", tmp / "run-together", Path(args.data_root)), log=lambda m: None)
+        run_sweep(SweepJob(plan=plan, checkpoints_dir=tmp / "ckpt", run_dir=tmp / "run-together", data_root=Path(args.data_root)), log=lambda m: None)
     b = n / (clock["compute"] - clock["inserted"])
     c = clock["c_images"] / clock["c"]
     row = {"models": names, "b_engine_image_levels_per_s": round(b, 3), "c_pure_forward_image_levels_per_s": round(c, 3),

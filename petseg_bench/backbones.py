@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bn_fold import fold_batchnorm
 from .errors import PetsegError, PluginError, call_plugin
 
 #: Values of a weights argument that mean "random initialisation".
@@ -140,8 +141,6 @@ def _build(key: str) -> Backbone:
     if not isinstance(backbone, Backbone):
         raise PluginError(f"backbone plugin {family!r} returned {type(backbone).__name__}, not a Backbone")
     backbone.key = key
-    from .engine.bn_fold import fold_batchnorm
-
     # channels_last like the models: oneDNN's fastest convolution layout; frozen, so
     # always in eval mode: its BatchNorms fold into the convolutions for good
     backbone = backbone.freeze().to(memory_format=torch.channels_last)

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import click
 
+from .data.layout import refuse_overlap
 from .errors import PetsegError
+from .options import FiniteFloat
+from .paths import refuse_output_over_inputs
 
 VOID_CHOICE = click.Choice(["nearest", "ignore"])
 
@@ -37,11 +40,19 @@ class Group(click.Group):
             return super().invoke(ctx)
         except PetsegError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.BadParameter as exc:  # the message names the option: no usage lines around it
+            raise OneLineUsageError(exc.format_message()) from None
         except OSError as exc:  # a write that no PetsegError names: still one line
             raise click.ClickException(file_error_line(exc)) from None
         except KeyboardInterrupt:
             click.echo(interrupted_line(getattr(ctx.find_root().command, "argv", [])), err=True)
             raise click.exceptions.Exit(130) from None
+
+
+class OneLineUsageError(click.ClickException):
+    """A bad option value, as one ``Error:`` line with click's usage exit status (2)."""
+
+    exit_code = 2
 
 
 def file_error_line(exc: OSError) -> str:
@@ -106,7 +117,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 @main.command("list")
 @click.argument("pattern", required=False, default="*")
 def list_cmd(pattern: str) -> None:
-    """List installed models, backbones, perturbations and metrics (PATTERN: e.g. '*unet')."""
+    """List installed models, backbones, perturbations and metrics (PATTERN: a name or a wildcard, e.g. '*net')."""
     from tabulate import tabulate
 
     from .plugins import get_registry
@@ -114,13 +125,13 @@ def list_cmd(pattern: str) -> None:
     reg = get_registry()
     warn_plugin_problems(reg)
     shown = 0
-    for kind in ("model", "backbone", "perturbation", "metric"):
+    for kind in ("model", "model family", "backbone", "perturbation", "metric"):
         table = reg.table(kind)
         rows = [[name, reg.origins[(kind, name)], _detail(kind, table[name]), table[name].description]
                 for name in sorted(table) if pattern in ("all", "*") or fnmatch.fnmatchcase(name, pattern)]
         if rows:
             shown += len(rows)
-            click.echo(f"{kind}s:")
+            click.echo(f"{'model families' if kind == 'model family' else kind + 's'}:")
             click.echo(tabulate(rows, headers=["name", "plugin", "details", "description"]))
             click.echo()
     if not shown:
@@ -130,7 +141,10 @@ def list_cmd(pattern: str) -> None:
 def _detail(kind: str, spec) -> str:
     if kind == "model":
         opts = ", ".join(f"{o.name}={o.default!r}" for o in spec.options)
-        return "+".join(spec.inputs) + (f"; options: {opts}" if opts else "")
+        return "+".join(spec.inputs) + ("; the CE/mCE reference" if spec.reference else "") + \
+            (f"; options: {opts}" if opts else "")
+    if kind == "model family":
+        return f"unavailable ({spec.unavailable})" if spec.unavailable else f"e.g. {spec.example}"
     if kind == "backbone":
         return f"e.g. {spec.example}" if spec.example else ""
     if kind == "perturbation":
@@ -153,10 +167,15 @@ def data_check(data_dir: str | None, cache_dir: str | None, void: str) -> None:
     from .data.report import check_report
 
     root = resolve_data_root(data_dir)
+    refuse_output_over_inputs(cache_dir, {"data root": root}, "--cache-dir")
     text, usable = check_report(root, void=void, cache_dir=Path(cache_dir) if cache_dir else None)
     click.echo(text)
     if not usable:
-        raise click.ClickException(f"data at {root} is not usable (see above)")
+        from .data.layout import split_overlap
+
+        both = split_overlap(root)
+        why = f": {len(both)} name(s) are listed in both trainval and test" if both else ""
+        raise click.ClickException(f"data at {root} is not usable{why} (see above)")
 
 
 @data.command("prepare")
@@ -169,6 +188,7 @@ def data_prepare(data_root: str | None, cache_dir: str | None, void: str, worker
     from .data.cache import prepare_all
 
     root = resolve_data_root(data_root)
+    refuse_output_over_inputs(cache_dir, {"data root": root}, "--cache-dir")
     t0 = time.perf_counter()
     splits = prepare_all(root, void=void, cache_dir=Path(cache_dir) if cache_dir else None,
                          workers=workers, progress=sys.stderr.isatty())
@@ -191,36 +211,41 @@ def data_download(dest: str | None, base_url: str | None) -> None:
     click.echo(f"use it with: export PETSEG_DATA={path}")
 
 
-def _floats(text: str | None, option: str, n: int) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise PetsegError(f"{option} needs {n} comma-separated numbers, got {text!r}") from None
-    if len(values) != n:
-        raise PetsegError(f"{option} needs {n} comma-separated numbers, got {text!r}")
+def config_options(config: type | None = None):
+    """Decorator: one option per command-line setting of ``config`` (TrainConfig by
+    default; :func:`petseg_bench.config.setting` declares them). Every default is None,
+    "not given", so the profile's and the model's values apply underneath."""
+    from .config import cli_settings
+
+    kinds = {float: FiniteFloat(), int: int, str: str}
+
+    def decorate(command):
+        for s in reversed(cli_settings(config)):
+            if s.kind is bool:  # --compile / --no-compile, so a profile's True can be turned off
+                command = click.option(f"{s.flag}/--no-{s.flag[2:]}", s.name, default=None, help=s.help)(command)
+                continue
+            metavar = f"[{'|'.join(s.choices)}]" if s.choices else None
+            command = click.option(s.flag, s.name, type=kinds[s.kind], default=None, help=s.help,
+                                   metavar=metavar)(command)
+        return command
+    return decorate
+
+
+def config_values(opts: dict, config: type | None = None) -> dict:
+    """The given settings of ``config`` among a command's ``opts`` (None: not given),
+    list settings parsed (``--class-weights 1,1,1``)."""
+    from .config import cli_settings
+
+    values = {}
+    for s in cli_settings(config):
+        text = opts.pop(s.name)
+        values[s.name] = s.parse(text, s.flag) if s.parse is not None and text is not None else text
     return values
-
-
-def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise PetsegError(f"{option} needs comma-separated whole numbers, got {text!r}") from None
-
-
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler", "restart_epochs",
-              "class_weights", "val_fraction", "ce_weight", "dice_weight", "grad_clip", "precision", "device",
-              "patience", "seed", "limit", "val_limit", "workers", "void", "unlabelled", "augment", "salt_pepper", "phase_epochs")
-MODEL_FIELDS = ("in_size", "base_channels", "dropout")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
               epilog="A model's own settings: --model-opt KEY=VALUE (repeatable), or its shorthand flags "
-                     "(e.g. --latent-dim 256); `petseg-bench list MODEL` shows them.")
+                     "(e.g. --base-channels 32, --dropout 0.1, --latent-dim 256); `petseg-bench list MODEL` shows them.")
 @click.argument("model")
 @click.option("--profile", default="paper", show_default=True, help="paper (the seed's settings), quick (CPU minutes) or reference (pretrained encoders, "
                    "full trainval, sized for a 2-core CPU).")
@@ -230,37 +255,8 @@ MODEL_FIELDS = ("in_size", "base_channels", "dropout")
               help="Checkpoints go to OUT/<model>/{best,last}.pt with metrics.jsonl.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/<model>/last.pt.")
 @click.option("--overwrite", is_flag=True, help="Replace a previous run of MODEL in OUT (its best.pt, last.pt, metrics.jsonl).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--weight-decay", type=float)
-@click.option("--optimizer", type=str, help="adamw (default), adam, sgd, rmsprop")
-@click.option("--scheduler", type=str, help="cosine (warm restarts, default) or none")
-@click.option("--restart-epochs", type=int, help="Epochs per cosine warm-restart cycle.")
-@click.option("--class-weights", type=str, help="Cross-entropy weights background,cat,dog (default 0.3,2.2,0.8).")
-@click.option("--val-fraction", type=float)
-@click.option("--ce-weight", type=float, help="Cross-entropy loss weight (default: the model's).")
-@click.option("--dice-weight", type=float, help="Dice loss weight (default: the model's).")
-@click.option("--grad-clip", type=float, help="Max gradient norm; 0 disables.")
-@click.option("--precision", type=str, help="auto (bf16 where the hardware has it), fp32 or bf16")
-@click.option("--device", type=str, help="auto, cpu, cuda, cuda:N")
-@click.option("--patience", type=int, help="Early stopping patience in epochs; 0 disables.")
-@click.option("--seed", type=int)
-@click.option("--limit", type=int, help="Train on a fixed seeded subset of N trainval images.")
-@click.option("--val-limit", type=int, help="Validate on a fixed seeded subset of N images.")
-@click.option("--workers", type=int, help="Data-loading worker processes.")
-@click.option("--unlabelled", type=str, default=None,
-              help="Images without masks (images/ + labels.csv) for mask-free phases such as reconstruction; "
-                   "'auto': the folder <data root>-unlabelled. Test-split names are refused.")
-@click.option("--augment", type=str, help="Training augmentation: seed (the study's six transforms), "
-                   "light (flip, scale/shift, colour jitter) or none.")
-@click.option("--salt-pepper", type=float, help="Probability of salt-and-pepper noise on a training image (default 0).")
-@click.option("--phase-epochs", type=str, help="Epochs per training phase, e.g. 8,32 for a model with a "
-                   "reconstruction then a segmentation phase (default: the model's split of --epochs).")
-@void_option
+@config_options()
 @click.option("--in-size", type=int, help="Input size in pixels (multiple of 16).")
-@click.option("--base-channels", type=int)
-@click.option("--dropout", type=float)
 @click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE", help="A model option (repeatable).")
 @click.option("--wandb", is_flag=True, help="Log to Weights & Biases (offline unless WANDB_MODE says otherwise).")
 @click.pass_context
@@ -272,14 +268,17 @@ def train(ctx, model, **opts):
     from .engine.training import train as run_training
     from .plugins import get_registry
 
+    from .plugins import refuse_training
+
+    refuse_output_over_inputs(opts["out_dir"], {"data root": resolve_data_root(opts["data_root"])})
+    refuse_training(model)  # onnx:/torchscript: files are evaluation-only
     spec = get_registry().get("model", model)
     model_options = model_option_values(spec, opts.pop("model_opts"), ctx.args)
-    train_over = {k: opts[k] for k in TRAIN_KEYS}
-    train_over["class_weights"] = _floats(train_over["class_weights"], "--class-weights", 3)
-    train_over["phase_epochs"] = _ints(train_over["phase_epochs"], "--phase-epochs")
-    cfg, fields = resolve(opts["profile"], train_over, {k: opts[k] for k in MODEL_FIELDS}, spec)
-    job = TrainJob(model, cfg, resolve_data_root(opts["data_root"]), Path(opts["out_dir"]), fields, model_options,
-                   opts["profile"], opts["resume"], _path(opts["cache_dir"]), opts["wandb"], opts["overwrite"])
+    train_over = config_values(opts)
+    cfg, fields = resolve(opts["profile"], train_over, {"in_size": opts["in_size"]}, spec)
+    job = TrainJob(model=model, cfg=cfg, data_root=resolve_data_root(opts["data_root"]), out_dir=Path(opts["out_dir"]),
+                   model_fields=fields, model_options=model_options, profile=opts["profile"], resume=opts["resume"],
+                   cache_dir=_path(opts["cache_dir"]), wandb=opts["wandb"], overwrite=opts["overwrite"])
     result = run_training(job, log=lambda m: click.echo(m, err=True), progress=sys.stderr.isatty())
     if os.environ.get("RANK", "0") not in ("", "0"):  # torchrun: rank 0 reports
         return
@@ -327,7 +326,10 @@ def _path(value: str | None) -> Path | None:
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
 @data_root_option
 @cache_option
-@click.option("--limit", type=int, default=None, help="Evaluate a fixed seeded subset of N test images.")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="test, or val: the checkpoint's own validation part of trainval (its seed and fraction), "
+                   "where settings are chosen.")
+@click.option("--limit", type=int, default=None, help="Evaluate a fixed seeded subset of N images.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
 @click.option("--bootstrap", type=click.IntRange(0, 100000), default=1000, show_default=True,
               help="Bootstrap replicates for 95% CIs (0: none).")
@@ -337,16 +339,22 @@ def _path(value: str | None) -> Path | None:
               help="Void (border) pixels: nearest (fill from the nearest valid pixel) or ignore. "
                    "Default: the mode the checkpoint was trained with.")
 @click.option("--out", "out_file", type=click.Path(), default=None,
-              help="JSON output (default: CHECKPOINT with .test.json).")
+              help="JSON output (default: CHECKPOINT with .test.json, or .val.json with --split val).")
+@click.option("--allow-overlap", is_flag=True,
+              help="Evaluate even where test images are also listed in trainval (evaluation-only data); "
+                   "the result lists them.")
 def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
-    """Test-split metrics of a checkpoint at the original mask resolution, both reductions."""
+    """Test-split (or validation, --split val) metrics of a checkpoint at the original mask resolution."""
     from .atomic import check_writable, write_json_atomic
+    from .paths import checkpoint_inputs
     from .engine.evaluation import EvalJob, evaluate_checkpoint, format_summary
 
     job = EvalJob(Path(checkpoint_path), resolve_data_root(data_root), _path(cache_dir), opts["limit"],
-                  opts["batch_size"], opts["bootstrap"], opts["precision"], opts["device"], void=opts["void"])
+                  opts["batch_size"], opts["bootstrap"], opts["precision"], opts["device"], void=opts["void"],
+                  allow_overlap=opts["allow_overlap"], split=opts["split"])
     job.validate()
-    out = Path(out_file) if out_file else Path(checkpoint_path).with_suffix(".test.json")
+    out = Path(out_file) if out_file else Path(checkpoint_path).with_suffix(f".{job.split}.json")
+    refuse_output_over_inputs(out, {**checkpoint_inputs(checkpoint_path), "data root": job.data_root})
     check_writable(out)  # before the work, not after it
     result = evaluate_checkpoint(job, log=lambda m: click.echo(m, err=True))
     write_json_atomic(out, result)
@@ -355,7 +363,7 @@ def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
 
 
 @main.command()
-@click.option("--models", default="all", show_default=True, help="Model names or patterns, comma-separated ('*unet', 'all').")
+@click.option("--models", default="all", show_default=True, help="Model names or patterns, comma-separated ('*net', 'all').")
 @click.option("--perturbations", default="all", show_default=True, help="Perturbation names or patterns, comma-separated.")
 @click.option("--levels", default="all", show_default=True, help="Severity levels: 'all', '1-9', '1,5,9' (level 0 always runs).")
 @click.option("--checkpoints", "checkpoints_dir", type=click.Path(file_okay=False), default="checkpoints", show_default=True,
@@ -381,12 +389,20 @@ def evaluate(checkpoint_path, data_root, cache_dir, out_file, **opts):
                                                "Default: start a local Ray.")
 @click.option("--cpus-per-task", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Ray: CPUs (torch threads) per group task.")
+@click.option("--ray-niceness", type=click.IntRange(0, 19), default=None,
+              help="Ray: niceness of the local Ray's workers, 0-19 (default 0: this process's priority; Ray's "
+                   "own 15 lets any other work on the machine go first, which slows a shared box's sweep many times).")
 @click.option("--shard", default=None, metavar="I/N",
               help="Compute only shard I of N (0 <= I < N) of the groups, e.g. "
                    "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; `report` merges the shards.")
+@click.option("--allow-overlap", is_flag=True,
+              help="Sweep even where test images are also listed in trainval (evaluation-only data); run.json lists them.")
 def run(**opts):
     """Sweep models x perturbations x levels on the test split and write the report."""
     from .engine.shard import parse_shard, run_lock
+    from .results import check_path_text
+
+    check_path_text(opts["out_dir"], "--out")
 
     shard = parse_shard(opts["shard"])
     check_scale_out(opts, shard)
@@ -395,6 +411,7 @@ def run(**opts):
 
         check_address(opts["address"])
     from .engine.sweep import RUN_FOLDERS, SweepJob, SweepPlan, parse_levels, run_sweep
+    from .results import RunRecord
     from .plugins import get_registry
 
     reg = get_registry()
@@ -409,16 +426,21 @@ def run(**opts):
                      shard=shard)
     plan.validate()  # before anything is trained or written
     out = Path(opts["out_dir"])
+    refuse_output_over_inputs(out, {"checkpoints folder": ckpt_dir, "data root": root})
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    if overlap := refuse_overlap(root, opts["allow_overlap"], log, "--allow-overlap"):
+        plan.extra["allowed_overlap"] = overlap  # recorded in run.json
     with run_lock(out, shard, RUN_FOLDERS, log):  # held through the sweep and the report
         if opts["train_missing"]:
             train_missing(model_names, ckpt_dir, root, cache, opts["void"])
-        job = SweepJob(plan, ckpt_dir, out, root, opts["resume"], cache, opts["precision"], opts["device"],
-                       opts["backend"], opts["address"], opts["cpus_per_task"])
-        record = run_sweep(job, progress=sys.stderr.isatty(), log=log)
+        job = SweepJob(plan=plan, checkpoints_dir=ckpt_dir, run_dir=out, data_root=root, resume=opts["resume"],
+                       cache_dir=cache, precision=opts["precision"], device=opts["device"], backend=opts["backend"],
+                       address=opts["address"], cpus_per_task=opts["cpus_per_task"],
+                       ray_niceness=opts["ray_niceness"] or 0)
+        record = RunRecord.of(run_sweep(job, progress=sys.stderr.isatty(), log=log))
         click.echo(f"sweep{f' shard {shard}' if shard else ''}: {len(model_names)} models x {len(pert_names)} "
-                   f"perturbations x {len(plan.levels)} levels on {len(record['image_ids'])} test images; "
-                   f"{record['cells_computed']} cells computed ({record['image_levels_per_s'] or 0:.1f} image-levels/s) -> {out}")
+                   f"perturbations x {len(plan.levels)} levels on {len(record.image_ids)} test images; "
+                   f"{record.cells_computed} cells computed ({record.image_levels_per_s or 0:.1f} image-levels/s) -> {out}")
         if shard is not None:
             log(f"shard {shard} done; once every shard is, `petseg-bench report {out}` merges them "
                 f"(or `petseg-bench report FOLDER... --out MERGED` for one folder per shard)")
@@ -431,9 +453,12 @@ def run(**opts):
 def check_scale_out(opts: dict, shard) -> None:
     """Options of ``run`` that only make sense together, in one line each."""
     if opts["backend"] != "ray":
-        for name, default in (("address", None), ("cpus_per_task", 1)):
+        for name, default in (("address", None), ("cpus_per_task", 1), ("ray_niceness", None)):
             if opts[name] != default:
                 raise PetsegError(f"--{name.replace('_', '-')} is for --backend ray")
+    if opts["address"] and opts["ray_niceness"] is not None:
+        raise PetsegError("--ray-niceness is for the local Ray a run starts; a cluster's workers run at the niceness "
+                          "its nodes were started with (RAY_worker_niceness=N ray start ...)")
     if shard is not None and opts["train_missing"]:
         raise PetsegError("--train-missing cannot be combined with --shard (every shard would train the same models "
                           "at once): train first, then start the shards")
@@ -448,11 +473,14 @@ def train_missing(models: list[str], checkpoints_dir: Path, root: Path, cache: P
     from .plugins import get_registry
 
     for m in models:
-        if not (checkpoints_dir / m / "best.pt").is_file():
+        from .plugins import checkpoint_path
+
+        if not checkpoint_path(m, checkpoints_dir).is_file():
             click.echo(f"training {m} (quick profile): no checkpoint in {checkpoints_dir}", err=True)
             cfg, fields = resolve("quick", {"void": void}, {}, get_registry().get("model", m))
-            resume = (checkpoints_dir / m / "last.pt").is_file()
-            run_training(TrainJob(m, cfg, root, checkpoints_dir, fields, profile="quick", cache_dir=cache, resume=resume),
+            resume = checkpoint_path(m, checkpoints_dir).with_name("last.pt").is_file()
+            run_training(TrainJob(model=m, cfg=cfg, data_root=root, out_dir=checkpoints_dir, model_fields=fields,
+                                  profile="quick", cache_dir=cache, resume=resume),
                          log=lambda msg: click.echo(msg, err=True), progress=sys.stderr.isatty())
 
 
@@ -473,9 +501,12 @@ def _echo_report(paths: list[Path]) -> None:
 @cache_option
 @click.option("--examples/--no-examples", default=True, show_default=True,
               help="Draw the example strips (they show test images; leave them out of committed reports).")
-@click.option("--reference-model", default="unet", show_default=True,
-              help="The model that CE and mCE are normalised by.")
-def report(run_dirs, out_dir, data_root, cache_dir, examples, reference_model):
+@click.option("--reference-model", default=None,
+              help="The model that CE and mCE are normalised by. Default: the installed model whose plugin "
+                   "declares itself the reference (`petseg-bench list` marks it).")
+@click.option("--allow-partial", is_flag=True,
+              help="Report a run that lacks cells (a shard missing, a sweep unfinished); its first section names them.")
+def report(run_dirs, out_dir, data_root, cache_dir, examples, reference_model, allow_partial):
     """Write summary.json, report.md, index.html and plots/ for the sweep run in RUN_DIR.
 
     Shards of a sweep (`run --shard I/N`) are merged first: those of one shared RUN_DIR
@@ -487,24 +518,29 @@ def report(run_dirs, out_dir, data_root, cache_dir, examples, reference_model):
     from .engine.merge import merge_runs
     from .engine.sweep import RUN_FOLDERS
     from .reporting import write_report
-    from .results import read_run
+    from .results import check_path_text, read_run
 
+    for d in (*run_dirs, out_dir):
+        check_path_text(d, "--out" if d is out_dir else "RUN_DIR")
     if len(run_dirs) > 1 and not out_dir:
         raise PetsegError(f"report: {len(run_dirs)} run folders are merged into one: pass --out FOLDER")
     run_path = Path(out_dir or run_dirs[0])
+    refuse_output_over_inputs(out_dir, [*(("run folder", d) for d in run_dirs if len(run_dirs) > 1),
+                                        ("data root", data_root)])
     with folder_lock(run_path, RUN_FOLDERS):  # not while a `run` still writes there
-        merge_runs([Path(d) for d in run_dirs], run_path, log=lambda m: click.echo(m, err=True))
-        recorded = read_run(run_path).get("data_root")
+        merge_runs([Path(d) for d in run_dirs], run_path, log=lambda m: click.echo(m, err=True),
+                   allow_partial=allow_partial)
+        recorded = read_run(run_path).data_root
         root = resolve_data_root(data_root) if data_root or not recorded else None  # None: the run's own folder
         _echo_report(write_report(run_path, data_root=root, cache_dir=_path(cache_dir), examples=examples,
-                                  reference_model=reference_model))
+                                  reference_model=reference_model, allow_partial=allow_partial))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--baseline", "baseline_file", type=click.Path(dir_okay=False), required=True,
               help="Baseline JSON: per model, clean mDice and each perturbation's mean Dice (seed reduction).")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+@click.option("--tolerance", type=FiniteFloat(min=0), default=None,
               help="Allowed drop in Dice before a figure counts as a regression. Default: the baseline's, else 0.02.")
 @click.option("--update-baseline", is_flag=True,
               help="Write this run alone as the baseline (per-image scores, no spread); "
@@ -513,6 +549,8 @@ def check(run_dir, baseline_file, tolerance, update_baseline):
     """Compare the run in RUN_DIR with a baseline; exit 1 if Dice regressed past the tolerance."""
     from .reporting.check import check_run
 
+    if update_baseline:
+        refuse_output_over_inputs(baseline_file, {"run folder": Path(run_dir)}, "--baseline")
     outcome = check_run(Path(run_dir), Path(baseline_file), tolerance, update_baseline)
     click.echo(outcome.text)
     if outcome.error:
@@ -522,13 +560,14 @@ def check(run_dir, baseline_file, tolerance, update_baseline):
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True, help="The baseline JSON to write.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+@click.option("--tolerance", type=FiniteFloat(min=0), default=None,
               help="Allowed drop beyond the runs' spread. Default: the existing baseline's, else 0.02.")
 def baseline(run_dirs, out_file, tolerance):
     """Build a `check` baseline from several runs of one sweep (training seeds, fp32/bf16, CPUs):
     per figure the mean and spread over the runs, and per-image scores for paired comparison."""
     from .reporting.check import write_baseline
 
+    refuse_output_over_inputs(out_file, [("run folder", d) for d in run_dirs])
     click.echo(write_baseline([Path(d) for d in run_dirs], Path(out_file), tolerance).text)
 
 
@@ -544,10 +583,94 @@ def app(checkpoints_dir, host, port):
     missing = gradio_missing()
     if missing:
         raise PetsegError(missing)
-    from .app.page import launch
+    from .app.page import check_bind, launch
 
+    check_bind(host, port)  # an address or port it cannot serve on: one line, said first
     click.echo(f"petseg-bench app on http://{host}:{port} (checkpoints: {checkpoints_dir}); Ctrl-C stops it", err=True)
     launch(Path(checkpoints_dir), host, port)
+
+
+
+@main.command("pseudo-label")
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
+@click.option("--unlabelled", "unlabelled_dir", type=click.Path(file_okay=False), default="auto", show_default=True,
+              help="Photos without masks (images/ + labels.csv); 'auto': the folder <data root>-unlabelled.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="New folder for the pseudo labels (processed layout + pseudo-labels.json); "
+                   "the same command continues an interrupted run in it.")
+@data_root_option
+@click.option("--threshold", type=FiniteFloat(min=0, max=1), default=0.9, show_default=True,
+              help="Pixels whose largest softmax probability is below this become void (ignored in training).")
+@click.option("--wrong-species", type=click.Choice(["void", "relabel", "keep"]), default="void", show_default=True,
+              help="Pet pixels of the species the photo is not (labels.csv): void them, relabel them as the "
+                   "photo's species, or keep them.")
+@click.option("--limit", type=int, default=None, help="Label a fixed seeded subset of N photos.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--precision", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def pseudo_label_cmd(checkpoint_path, unlabelled_dir, out_dir, data_root, **opts):
+    """Pseudo labels of the unlabelled photos by a teacher checkpoint (train a student with --pseudo OUT)."""
+    from .engine.pseudo_label import PseudoJob, pseudo_label
+    from .paths import checkpoint_inputs
+
+    root = resolve_data_root(data_root)
+    photos = Path(f"{root.resolve()}-unlabelled") if unlabelled_dir == "auto" else Path(unlabelled_dir)
+    refuse_output_over_inputs(out_dir, {**checkpoint_inputs(checkpoint_path), "data root": root,
+                                        "unlabelled photos": photos})
+    job = PseudoJob(checkpoint=Path(checkpoint_path), unlabelled=photos, out_dir=Path(out_dir), data_root=root,
+                    threshold=opts["threshold"], wrong_species=opts["wrong_species"], limit=opts["limit"],
+                    batch_size=opts["batch_size"], device=opts["device"], precision=opts["precision"])
+    m = pseudo_label(job, log=lambda line: click.echo(line, err=True))
+    kept = "n/a" if m["kept_fraction"] is None else f"{m['kept_fraction']:.3f}"
+    click.echo(f"{m['n_images']} of {m['n_photos']} photos pseudo-labelled ({m['n_skipped']} skipped), "
+               f"kept-pixel fraction {kept} at threshold {m['threshold']:g}"
+               + (f", {m['images_per_s']:g} images/s" if m.get("images_per_s") else ""))
+    click.echo(f"written: {Path(out_dir) / 'pseudo-labels.json'}; train a student with --pseudo {out_dir}")
+
+
+@main.command("export")
+@click.argument("source", metavar="CKPT", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), required=True)
+@click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE",
+              help="Tagging an ONNX/TorchScript file made elsewhere: in_size=, mean=, std=, classes=, channel_order=.")
+def export_cmd(source, fmt, out_file, model_opts):
+    """Export a checkpoint as an ONNX or TorchScript file (run it with --models onnx:FILE)."""
+    from .engine.export import export
+
+    refuse_output_over_inputs(out_file, {"checkpoint": Path(source)})
+    done = export(Path(source), fmt, Path(out_file), pairs_to_dict(model_opts))
+    click.echo(f"exported: {done.path} ({done.note or f'max |logit difference| vs torch: {done.max_diff:.2e}'})")
+    click.echo(f"run it with: petseg-bench run --models {fmt}:{done.path} ...")
+
+
+def pairs_to_dict(pairs) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise PetsegError(f"--model-opt needs KEY=VALUE, got {pair!r}")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+@main.group("plugin", cls=Group)
+def plugin_group() -> None:
+    """Check that plugins keep the engine's contract."""
+
+
+@plugin_group.command("check")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE", help="Options for the models checked.")
+def plugin_check(names, model_opts):
+    """Run models, backbones, perturbations and metrics (names, patterns, all, or family keys)
+    through everything the engine does to them; one line per broken promise."""
+    from .testing import check_names
+
+    report = check_names(names, pairs_to_dict(model_opts), log=lambda m: click.echo(m, err=True))
+    click.echo(report.text)
+    if not report.ok:
+        raise PetsegError(f"plugin check: {report.failed} of {report.checked} failed")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 class PetsegError(Exception):
@@ -33,7 +35,7 @@ class ModelRunError(PluginError):
 
     @classmethod
     def from_exception(cls, model: str, exc: BaseException) -> "ModelRunError":
-        return cls(model, f"{type(exc).__name__}: {one_line(exc)}")
+        return cls(model, failure_text(exc))
 
     def at(self, where: str) -> "ModelRunError":
         return ModelRunError(self.model, self.cause, where if not self.where else f"{self.where} {where}")
@@ -52,15 +54,35 @@ def one_line(exc: BaseException, limit: int = 300, default: str | None = None) -
 _TORCH_WRITER = "inline_container.cc"
 
 
-def call_plugin(what: str, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` from a plugin: its PetsegError passes through, any other
-    failure becomes one :class:`PluginError` line, ``"<what>: <type>: <message>"``."""
+#: What a plugin's code may raise that becomes one line naming the plugin: any error, and
+#: SystemExit (a plugin calling sys.exit must not end a command with its exit code and
+#: nothing said). KeyboardInterrupt (Ctrl-C) is the user's: it passes through.
+PLUGIN_FAILURES = (Exception, SystemExit)
+
+
+def failure_text(exc: BaseException) -> str:
+    """How a plugin failed, for its one line: ``Type: message``, or ``called sys.exit(CODE)``."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {one_line(exc)}"
+
+
+@contextmanager
+def plugin_code(what: str) -> Iterator[None]:
+    """Runs a plugin's code: its PetsegError passes through, any other failure (SystemExit
+    included, on any thread) becomes one :class:`PluginError` line, ``"<what>: <failure>"``."""
     try:
-        return fn(*args, **kwargs)
+        yield
     except PetsegError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
-        raise PluginError(f"{what}: {type(exc).__name__}: {one_line(exc)}") from None
+    except PLUGIN_FAILURES as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
+        raise PluginError(f"{what}: {failure_text(exc)}") from None
+
+
+def call_plugin(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` from a plugin, under :func:`plugin_code`."""
+    with plugin_code(what):
+        return fn(*args, **kwargs)
 
 
 def os_error_text(exc: BaseException) -> str:

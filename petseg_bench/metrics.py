@@ -30,11 +30,14 @@ from typing import Any, Collection, Mapping
 
 import numpy as np
 
+from .errors import PluginError, plugin_code
 from .hookspecs import hookimpl
 from .labels import CLASS_NAMES, IGNORE, N_CLASSES
 from .specs import MetricSpec
 
 REDUCTIONS = ("dataset", "seed")
+#: The reduction every robustness score and curve uses (the seed study's robustness plots).
+SCORE_REDUCTION = "seed"
 
 
 class AbsentClassWarning(UserWarning):
@@ -143,6 +146,24 @@ def pixel_accuracy(cm: np.ndarray) -> np.ndarray:
 
 # --- reduction over a split -----------------------------------------------------------
 
+def metric_values(spec: MetricSpec, cms: np.ndarray) -> np.ndarray:
+    """``spec.fn(cms)`` as float64 ``[..., C]`` (per-class metrics) or ``[...]`` for
+    matrices ``[..., C, C]``. A metric plugin that fails (or calls sys.exit), or answers
+    anything else (None, text, another shape), is one line naming it; NaN is a score
+    (a class absent from the ground truth)."""
+    with plugin_code(f"metric {spec.name} failed"):
+        out = spec.fn(cms)
+    want = tuple(np.shape(cms)[:-2]) + ((np.shape(cms)[-1],) if spec.per_class else ())
+    values = np.asarray(out) if out is not None else None
+    if values is None or values.dtype.kind not in "biuf":
+        got = "None" if values is None else f"{type(out).__name__} of {values.dtype}"
+        raise PluginError(f"metric {spec.name} returned {got}, not numbers (expected shape {want})")
+    if values.shape != want:
+        raise PluginError(f"metric {spec.name} returned shape {values.shape} for matrices {np.shape(cms)}, "
+                          f"expected {want}{' (one score per class)' if spec.per_class else ''}")
+    return values.astype(np.float64, copy=False)
+
+
 def reduce(spec: MetricSpec, cms: np.ndarray, reduction: str, *, warn: bool = True) -> np.ndarray:
     """One metric over a split: per class ``[C]`` (per-class metrics) or a scalar.
 
@@ -153,10 +174,10 @@ def reduce(spec: MetricSpec, cms: np.ndarray, reduction: str, *, warn: bool = Tr
     cms = np.asarray(cms)
     if reduction == "dataset":
         total = cms.sum(0)
-        value = np.asarray(spec.fn(total), dtype=np.float64)
+        value = metric_values(spec, total)
         return _dataset_absent_rule(spec, total, value)
     if reduction == "seed":
-        scores = np.asarray(spec.fn(cms), dtype=np.float64)  # [N, C] or [N]
+        scores = metric_values(spec, cms)  # [N, C] or [N]
         if scores.size == 0 or np.isnan(scores).all(axis=0).all():
             return np.full(scores.shape[1:], np.nan)
         value = _nanmean(scores, axis=0)
@@ -223,9 +244,9 @@ def bootstrap_ci(spec: MetricSpec, cms: np.ndarray, reduction: str, n_boot: int 
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # [B, N]
     if reduction == "dataset":
         totals = np.einsum("bn,nij->bij", counts, cms)
-        values = _dataset_absent_rule(spec, totals, np.asarray(spec.fn(totals), dtype=np.float64))
+        values = _dataset_absent_rule(spec, totals, metric_values(spec, totals))
     else:
-        scores = np.asarray(spec.fn(cms), dtype=np.float64)
+        scores = metric_values(spec, cms)
         if scores.ndim == 1:
             scores = scores[:, None]
         valid = ~np.isnan(scores)

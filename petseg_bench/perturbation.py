@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import PluginError, one_line
+from .errors import PLUGIN_FAILURES, PluginError, failure_text
 from .specs import PerturbationSpec
 
 
@@ -27,8 +27,8 @@ def perturb(spec: PerturbationSpec, images: Sequence[np.ndarray], level: int, id
             seed: int) -> list[np.ndarray]:
     """``images`` (uint8 HxWx3) at ``level`` of ``spec``; level 0 returns them unchanged.
 
-    A plugin that raises, or returns anything but one uint8 array of the same shape per
-    image, gets one line naming the perturbation, the level and the image.
+    A plugin that raises (or calls sys.exit), or returns anything but one uint8 array of
+    the same shape per image, gets one line naming the perturbation, the level and the image.
     """
     if level == 0:
         return list(images)
@@ -36,10 +36,9 @@ def perturb(spec: PerturbationSpec, images: Sequence[np.ndarray], level: int, id
     rngs = [image_rng(seed, spec.name, level, i) for i in ids]
     try:
         out = spec.apply(images, value, rngs)
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
+    except PLUGIN_FAILURES as exc:  # a plugin's failure becomes one line naming it
         where = failing_image(spec, images, level, ids, seed)
-        raise PluginError(f"perturbation {spec.name} level {level} failed on {where}: "
-                          f"{type(exc).__name__}: {one_line(exc)}") from None
+        raise PluginError(f"perturbation {spec.name} level {level} failed on {where}: {failure_text(exc)}") from None
     if not isinstance(out, (list, tuple)) or len(out) != len(images):
         raise PluginError(f"perturbation {spec.name} level {level} returned {type(out).__name__} "
                           f"of length {len(out) if hasattr(out, '__len__') else '?'}, expected {len(images)} images")
@@ -59,7 +58,7 @@ def failing_image(spec: PerturbationSpec, images: Sequence[np.ndarray], level: i
     for img, image_id in zip(images, ids):
         try:
             spec.apply([img], spec.levels[level], [image_rng(seed, spec.name, level, image_id)])
-        except Exception:  # noqa: BLE001 - this image is the one to name
+        except PLUGIN_FAILURES:  # this image is the one to name
             shape = getattr(img, "shape", ())
             size = f" ({shape[0]}x{shape[1]} px)" if len(shape) >= 2 else ""
             return f"image {image_id}{size}"
@@ -74,7 +73,7 @@ def perturb_clicks(spec: PerturbationSpec, labels: Sequence[np.ndarray], level: 
     its own generator (:func:`image_rng`), so a click never depends on order or batch.
     A plugin that raises or returns clicks of another shape, non-finite or outside the
     image gets one line naming the perturbation, the level and the image."""
-    from .data.clicks import eval_click
+    from .data.points import eval_click
 
     if base is None:  # the caller may pass them, computed once for many levels
         base = np.array([eval_click(lab) for lab in labels], dtype=np.int64).reshape(-1, 2)
@@ -85,9 +84,9 @@ def perturb_clicks(spec: PerturbationSpec, labels: Sequence[np.ndarray], level: 
     rngs = [image_rng(seed, spec.name, level, i) for i in ids]
     try:
         out = np.asarray(spec.apply_clicks(base.copy(), list(labels), value, rngs), dtype=np.float64)
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure becomes one line naming it
+    except PLUGIN_FAILURES as exc:  # a plugin's failure becomes one line naming it
         raise PluginError(f"perturbation {spec.name} level {level} failed on the clicks of images {ids[0]}..: "
-                          f"{type(exc).__name__}: {one_line(exc)}") from None
+                          f"{failure_text(exc)}") from None
     if out.shape != base.shape or not np.isfinite(out).all():
         raise PluginError(f"perturbation {spec.name} level {level} returned clicks of shape {out.shape}"
                           f"{'' if np.isfinite(out).all() else ' with non-finite values'}; expected {base.shape}")

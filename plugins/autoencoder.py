@@ -21,6 +21,8 @@ from petseg_bench import hookimpl
 from petseg_bench.errors import PetsegError
 from petseg_bench.specs import ModelConfig, ModelOption, ModelSpec, PaperFigures, Phase
 
+from .blocks import BASE_CHANNELS, DROPOUT, check_width_and_dropout
+
 PHASES = ("reconstruct", "segment")
 _ALIASES = {"reconstruction": "reconstruct", "segmentation": "segment"}
 
@@ -64,7 +66,7 @@ class Autoencoder(nn.Module):
     def __init__(self, config: ModelConfig, in_channels: int = 3):
         super().__init__()
         c = config
-        width = c.base_channels
+        width = c.opt("base_channels")
         narrow = max(width // 2, 1)
         spatial = c.in_size // 16
         latent = c.opt("latent_dim")
@@ -72,7 +74,7 @@ class Autoencoder(nn.Module):
         norm = c.opt("norm")
         self.encoder = _encoder(in_channels, width, narrow, spatial, latent, norm)
         self.reconstruction_decoder = _decoder(in_channels, width, narrow, spatial, latent, norm=norm)
-        self.segmentation_decoder = _decoder(c.n_classes, width, narrow, spatial, latent, c.dropout, norm)
+        self.segmentation_decoder = _decoder(c.n_classes, width, narrow, spatial, latent, c.opt("dropout"), norm)
         self.phase = "segment"
         self._encoder_frozen = False
 
@@ -121,7 +123,7 @@ def build(config: ModelConfig) -> nn.Module:
 def _prepare(options: dict) -> dict:
     if options["latent_dim"] < 1:
         raise ValueError(f"latent_dim must be >= 1, got {options['latent_dim']}")
-    return options
+    return check_width_and_dropout(options)
 
 
 @hookimpl
@@ -143,6 +145,7 @@ def petseg_bench_models():
                             flag="--norm"),
                 ModelOption("freeze_encoder", False, "stage 2: keep the pretrained encoder fixed (else fine-tune it)",
                             flag="--freeze-encoder/--finetune-encoder"),
+                BASE_CHANNELS, DROPOUT,
             ),
             prepare_options=_prepare,
             # Reference: the segmentation stage needs many epochs more than reconstruction (validation

@@ -15,6 +15,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petseg_bench.specs import ModelOption
+
+#: The width and the dropout of the models built from these blocks: their own options
+#: (``--base-channels``, ``--dropout``), set per training profile (``Profile.options``).
+BASE_CHANNELS = ModelOption("base_channels", 64, "channel width of the first U-Net level (the paper's 64)",
+                            flag="--base-channels")
+DROPOUT = ModelOption("dropout", 0.0, "Dropout2d probability after each double convolution (0..1)", flag="--dropout")
+
+
+def check_width_and_dropout(options: dict) -> dict:
+    """ValueError with one line when ``base_channels`` or ``dropout`` (where declared) is out of range."""
+    if options.get("base_channels", 1) < 1:
+        raise ValueError(f"base_channels must be >= 1, got {options['base_channels']}")
+    if not 0.0 <= options.get("dropout", 0.0) <= 1.0:
+        raise ValueError(f"dropout must be within 0..1, got {options['dropout']}")
+    return options
+
 
 class DoubleConv(nn.Module):
     """(3x3 conv without bias -> BatchNorm -> ReLU) x 2, then Dropout2d when ``dropout > 0``."""

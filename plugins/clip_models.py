@@ -20,7 +20,8 @@ from petseg_bench import hookimpl
 from petseg_bench.backbones import Features, load_backbone, split_key
 from petseg_bench.specs import LossWeights, ModelConfig, ModelOption, ModelSpec, PaperFigures
 
-from .blocks import UNetDecoder, UNetEncoder, bottleneck_channels, click_heatmaps
+from .blocks import (BASE_CHANNELS, DROPOUT, UNetDecoder, UNetEncoder, bottleneck_channels,
+                     check_width_and_dropout, click_heatmaps)
 from .unet import UPSAMPLE
 
 DEFAULT_BACKBONE = "clip:ViT-B-32:openai"
@@ -36,11 +37,12 @@ class _BackboneSegmenter(nn.Module):
         c, bilinear = config, config.opt("upsample") == "bilinear"
         self.embed_dim = load_backbone(c.opt("backbone")).embed_dim
         self.fuse = c.opt("fuse_clip")
-        self.channels = bottleneck_channels(c.base_channels, bilinear)
+        base, dropout = c.opt("base_channels"), c.opt("dropout")
+        self.channels = bottleneck_channels(base, bilinear)
         self.spatial = c.in_size // 16
         self.project = nn.Linear(self.embed_dim, self.channels * self.spatial * self.spatial)
-        self.encoder = UNetEncoder(encoder_channels, c.base_channels, c.dropout, bilinear) if encoder_channels else None
-        self.decoder = UNetDecoder(c.base_channels, c.n_classes, bilinear, c.dropout, skips=self.encoder is not None)
+        self.encoder = UNetEncoder(encoder_channels, base, dropout, bilinear) if encoder_channels else None
+        self.decoder = UNetDecoder(base, c.n_classes, bilinear, dropout, skips=self.encoder is not None)
 
     def projected(self, backbone: Features) -> torch.Tensor:
         """The projected embedding as a ``[B, C, s, s]`` bottleneck-shaped tensor."""
@@ -110,7 +112,7 @@ def _prepare(options: dict) -> dict:
         options["backbone"] = f"clip:{model or old_model}:{weights or old_weights or 'openai'}"
     if options.get("heatmap_sigma", 1.0) <= 0:
         raise ValueError(f"heatmap_sigma must be > 0, got {options['heatmap_sigma']}")
-    return options
+    return check_width_and_dropout(options)
 
 
 def _upgrade(options: dict) -> dict:
@@ -132,6 +134,7 @@ OPTIONS = (
     ModelOption("clip_model", "", "shorthand: the open_clip model of a clip: backbone", flag="--clip-model"),
     ModelOption("clip_pretrained", "", "shorthand: a tag, weights file or none for a clip: backbone",
                 flag="--clip-pretrained"),
+    BASE_CHANNELS, DROPOUT,
 )
 POINT_OPTIONS = OPTIONS + (ModelOption("heatmap_sigma", 10.0, "click heatmap sigma in input pixels",
                                        flag="--heatmap-sigma"),)

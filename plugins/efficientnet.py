@@ -183,7 +183,7 @@ class MBConv(nn.Module):
     depthwise kxk, BN, ReLU6, 1x1 project, BN, and the identity skip where shapes allow
     (with optional stochastic depth while training)."""
 
-    # each conv feeds only its BN: inference folds them (engine.bn_fold)
+    # each conv feeds only its BN: inference folds them (petseg_bench.bn_fold)
     fold_pairs = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):

@@ -20,6 +20,7 @@ from torch import nn
 from petseg_bench import hookimpl
 from petseg_bench.specs import ModelConfig, ModelOption, ModelSpec
 
+from .blocks import DROPOUT, check_width_and_dropout
 from .efficientnet import LITE_MEAN, LITE_STD, build_encoder
 
 DECODER = "128,64,48,32,16"
@@ -51,7 +52,7 @@ class EncoderUNet(nn.Module):
         blocks = []
         for k, width in enumerate(widths):
             skip = skips[k] if k < len(skips) else 0
-            blocks.append(ConvBlock(cin + skip, width, config.dropout))
+            blocks.append(ConvBlock(cin + skip, width, config.opt("dropout")))
             cin = width
         self.blocks = nn.ModuleList(blocks)
         self.head = nn.Conv2d(cin, config.n_classes, 1)
@@ -81,7 +82,7 @@ def _prepare(options: dict) -> dict:
         raise ValueError(f"decoder needs 5 positive widths (strides 16, 8, 4, 2, 1), got {options['decoder']!r}")
     if not 0.0 <= options["drop_path"] < 1.0:
         raise ValueError(f"drop_path must be within 0..1, got {options['drop_path']}")
-    return options
+    return check_width_and_dropout(options)
 
 
 def encoder_label(options) -> str:
@@ -109,6 +110,7 @@ def petseg_bench_models():
                             flag="--encoder-weights"),
                 ModelOption("decoder", DECODER, "decoder widths at strides 16, 8, 4, 2, 1"),
                 ModelOption("drop_path", 0.1, "encoder stochastic depth (the rate at its last block)"),
+                DROPOUT,
             ),
             prepare_options=_prepare,
             defaults={"in_size": 224},

@@ -8,7 +8,7 @@ from torch import nn
 from petseg_bench import hookimpl
 from petseg_bench.specs import ModelConfig, ModelOption, ModelSpec, PaperFigures
 
-from .blocks import UNetDecoder, UNetEncoder
+from .blocks import BASE_CHANNELS, DROPOUT, UNetDecoder, UNetEncoder, check_width_and_dropout
 
 UPSAMPLE = ("bilinear", "transposed")
 
@@ -18,9 +18,9 @@ class UNet(nn.Module):
 
     def __init__(self, config: ModelConfig, in_channels: int = 3):
         super().__init__()
-        c, bilinear = config, config.opt("upsample") == "bilinear"
-        self.encoder = UNetEncoder(in_channels, c.base_channels, c.dropout, bilinear)
-        self.decoder = UNetDecoder(c.base_channels, c.n_classes, bilinear, c.dropout, skips=True)
+        bilinear, base, dropout = config.opt("upsample") == "bilinear", config.opt("base_channels"), config.opt("dropout")
+        self.encoder = UNetEncoder(in_channels, base, dropout, bilinear)
+        self.decoder = UNetDecoder(base, config.n_classes, bilinear, dropout, skips=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         skips, x = self.encoder(image)
@@ -48,8 +48,11 @@ def petseg_bench_models():
             build=build,
             description="U-Net (4 downs, 16x16 bottleneck at 256 px, skip concatenation), trained from scratch",
             inputs=("image",),
-            options=(ModelOption("upsample", "bilinear", "decoder upsampling", UPSAMPLE, flag="--upsample"),),
+            options=(ModelOption("upsample", "bilinear", "decoder upsampling", UPSAMPLE, flag="--upsample"),
+                     BASE_CHANNELS, DROPOUT),
+            prepare_options=check_width_and_dropout,
             upgrade=upgrade_upsample,
+            reference=True,  # the plain baseline CE and mCE are normalised by
             # From scratch it needs more epochs than the pretrained models for the same budget.
             profiles={"reference": {"epochs": 24, "restart_epochs": 24}},
             paper=PaperFigures("U-Net", (0.68, 0.75, 0.87), (0.84, 0.68, 0.52)),

@@ -164,5 +164,6 @@ def train(name, cfg, overrides, data_root, out, *, resume=False, cache_dir=None,
     declared = {o.name for o in spec.options}
     fields = {k: v for k, v in overrides.items() if k in GENERIC_FIELDS}
     options = {k: v for k, v in overrides.items() if k in declared}
-    job = TrainJob(name, cfg, data_root, out, fields, options, resume=resume, cache_dir=cache_dir)
+    job = TrainJob(model=name, cfg=cfg, data_root=data_root, out_dir=out, model_fields=fields, model_options=options,
+                   resume=resume, cache_dir=cache_dir)
     return run_training(job, log=log, on_epoch_end=on_epoch_end)

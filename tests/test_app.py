@@ -22,8 +22,8 @@ from PIL import Image
 from app_support import MODELS, TRAIN, pet_photo, save, train_checkpoints
 from conftest import COLOURS, quiet, train
 from petseg_bench.app import render
-from petseg_bench.app.inference import AppMessage, Request, click_sigma, describe_level, segment, to_letterbox
-from petseg_bench.app.models import ModelCache, backbone_text, find_checkpoints, no_checkpoints_line
+from petseg_bench.app.segment import AppMessage, Request, click_sigma, describe_level, segment, to_letterbox
+from petseg_bench.app.catalog import ModelCache, backbone_text, find_checkpoints, no_checkpoints_line
 from petseg_bench.app.uploads import MAX_SIDE, UploadError, load_upload, payload_source
 from petseg_bench.data.letterbox import Letterbox
 from petseg_bench.errors import PetsegError
@@ -116,11 +116,13 @@ def test_payload_forms(tmp_path):
     import base64
 
     path = save(pet_photo(), tmp_path / "a.png")
-    assert payload_source(str(path)) == str(path)
-    assert payload_source({"path": str(path), "url": "http://127.0.0.1/x"}) == str(path)
+    meta = {"_type": "gradio.FileData"}
+    assert payload_source({"path": str(path), "url": "http://127.0.0.1/x", "meta": meta}, tmp_path) == str(path)
     url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-    assert np.array_equal(load_upload(payload_source({"path": None, "url": url})).image, pet_photo())
-    assert payload_source(None) is None
+    assert np.array_equal(load_upload(payload_source({"path": None, "url": url}, tmp_path)).image, pet_photo())
+    assert payload_source(None, tmp_path) is None
+    with pytest.raises(UploadError, match="uploaded from the page"):  # tests/test_app_security.py has the rest
+        payload_source(str(path), tmp_path)
 
 
 HUGE = textwrap.dedent("""
@@ -348,16 +350,17 @@ def test_overlay_shares_heatmap_and_legend():
 
 
 def test_handlers_turn_bad_input_into_status_lines(ckpts, cache, tmp_path):
-    page = Page(ckpts, cache)
+    page = Page(ckpts, cache, uploads=tmp_path)  # the files below stand for uploads
+    meta = {"_type": "gradio.FileData"}
     unet = str(ckpts / "unet" / "best.pt")
     point = str(ckpts / "point_clip_unet" / "best.pt")
     text = tmp_path / "notes.png"
     text.write_text("hello")
     with pytest.warns(UserWarning):
-        out = page.on_photo({"path": str(text)}, unet, "none", 0)
+        out = page.on_photo({"path": str(text), "meta": meta}, unet, "none", 0)
     assert out[0] is None and "not an image" in out[-1]
     good = save(pet_photo(), tmp_path / "pet.png")
-    out = page.on_photo({"path": str(good), "orig_name": "pet.png"}, unet, "gaussian_noise", 4)
+    out = page.on_photo({"path": str(good), "orig_name": "pet.png", "meta": meta}, unet, "gaussian_noise", 4)
     upload, status = out[0], out[-1]
     assert upload is not None and out[3] is not None and out[4] is not None, status
     assert "U-Net" in status and "gaussian_noise level 4" in status

@@ -7,7 +7,8 @@ import pytest
 
 from petseg_bench.data.breeds import (THIN, UNKNOWN, WELL, BreedGroups, breed_counts, breed_of,
                                       breed_scores)
-from petseg_bench.engine.evaluation import group_lines, training_breeds
+from petseg_bench.data.breeds import training_breeds
+from petseg_bench.engine.evaluation import group_lines
 from petseg_bench.metrics import iou, mean_over_classes, reduce
 from petseg_bench.specs import MetricSpec
 
@@ -70,3 +71,54 @@ def test_real_split_has_six_well_represented_breeds(real_data):
     well = sorted(b for b in groups.train_counts if groups.group_of(b) == WELL)
     assert well == sorted(["Abyssinian", "Bengal", "american_bulldog", "american_pit_bull_terrier",
                            "basset_hound", "beagle"])
+
+
+# --- the report's breed section, from a sweep's cells and its recorded groups --------------
+
+BREED_IDS = ["Bengal_1", "Bengal_2", "beagle_1", "Sphynx_1"]  # the 4th image is the 3x larger one
+
+
+def test_report_breaks_a_run_down_by_breed_group(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from petseg_bench.cli import main
+    from petseg_bench.plugins import get_registry
+    from test_report import TEST_SPECS, make_run
+
+    for name, spec in TEST_SPECS.items():
+        monkeypatch.setitem(get_registry().models, name, spec)
+    groups = BreedGroups({"Bengal": 100, "beagle": 80, "Sphynx": 2})
+    run_dir = make_run(tmp_path / "run", BREED_IDS, extra={"breed_groups": groups.to_dict()})
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(main, ["report", str(run_dir), "--no-examples"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    b = summary["breeds"]
+    assert b["groups"][WELL] == {"n_images": 3, "breeds": ["Bengal", "beagle"]}
+    assert b["groups"][THIN] == {"n_images": 1, "breeds": ["Sphynx"]}
+    # unet's clean misclassifications per image are 0, 10, 20, 30 (the last on Sphynx, 3x the pixels):
+    # dataset Dice is 1 - k/100 over the group's summed matrices
+    assert b["models"]["unet"][WELL]["clean_mdice"] == pytest.approx(0.9, abs=1e-6)
+    assert b["models"]["unet"][THIN]["clean_mdice"] == pytest.approx(0.7, abs=1e-6)
+    assert b["breeds"]["Bengal"]["n_images"] == 2 and b["breeds"]["Sphynx"]["group"] == THIN
+    report = (run_dir / "report.md").read_text()
+    assert "Breeds: the well-represented ones against the rest" in report and "-0.280" in report  # IoU 70/130 - 270/330
+    assert all(p.read_bytes() == data for p, data in before.items())  # inputs untouched
+
+
+def test_a_run_without_breed_groups_has_no_breed_section(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from petseg_bench.cli import main
+    from petseg_bench.plugins import get_registry
+    from test_report import TEST_SPECS, make_run
+
+    for name, spec in TEST_SPECS.items():
+        monkeypatch.setitem(get_registry().models, name, spec)
+    run_dir = make_run(tmp_path / "run", BREED_IDS)
+    assert CliRunner().invoke(main, ["report", str(run_dir), "--no-examples"]).exit_code == 0
+    assert "breeds" not in json.loads((run_dir / "summary.json").read_text())

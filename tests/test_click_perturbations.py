@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from petseg_bench.config import TrainConfig
 from petseg_bench.data.cache import prepare
-from petseg_bench.data.clicks import eval_click
+from petseg_bench.data.points import eval_click
 from petseg_bench.data.letterbox import Letterbox
 from petseg_bench.engine.inference import inference_on_dataset, make_batch
 from petseg_bench.engine.predictor import letterbox_batch, load_predictor, move_click
@@ -186,24 +186,24 @@ def setup(tmp_path_factory):
 def _sweep(setup, run_dir: Path, perts, log=quiet) -> dict:
     root, cache, ckpts = setup
     plan = SweepPlan(list(MODELS), list(perts), [1, 5, 9], seed=0, batch_size=4)
-    return run_sweep(SweepJob(plan, ckpts, run_dir, root, cache_dir=cache, precision="fp32", device="cpu"), log=log)
+    return run_sweep(SweepJob(plan=plan, checkpoints_dir=ckpts, run_dir=run_dir, data_root=root, cache_dir=cache, precision="fp32", device="cpu"), log=log)
 
 
 def test_sweep_click_cells_only_for_point_models_and_clean_unchanged(setup, tmp_path):
     root, cache, ckpts = setup
     notes: list[str] = []
     record = _sweep(setup, tmp_path / "run", ["gaussian_noise", "click_jitter", "click_centroid"], notes.append)
-    ids = record["image_ids"]
+    ids = record.image_ids
     assert any("skipped for models without a click input (unet)" in n for n in notes)
     for lv in (1, 5, 9):
         assert read_cell(tmp_path / "run", Cell("point_clip_unet", "click_jitter", lv), ids) is not None
         assert read_cell(tmp_path / "run", Cell("unet", "click_jitter", lv), ids) is None
         assert read_cell(tmp_path / "run", Cell("unet", "gaussian_noise", lv), ids) is not None
     assert read_cell(tmp_path / "run", Cell("point_clip_unet", "click_centroid", 1), ids) is not None
-    assert set(record["click_off_foreground"]) == {"click_jitter", "click_centroid"}
+    assert set(record.click_off_foreground) == {"click_jitter", "click_centroid"}
     # families are recorded (click perturbations have none), for a report without the plugins
-    assert record["perturbation_families"] == {"gaussian_noise": {"family": "seed", "label": "Seed study's eight"}}
-    assert 0.0 <= record["click_off_foreground"]["click_centroid"]["1"] <= 1.0
+    assert record.perturbation_families == {"gaussian_noise": {"family": "seed", "label": "Seed study's eight"}}
+    assert 0.0 <= record.click_off_foreground["click_centroid"]["1"] <= 1.0
 
     # Clean cells: identical to the path of before (clicks placed on the letterboxed
     # ground truth, no displacement) and to a sweep without click perturbations.
@@ -215,7 +215,7 @@ def test_sweep_click_cells_only_for_point_models_and_clean_unchanged(setup, tmp_
     before = inference_on_dataset(preds, [make_batch(images[i:i + 4], labels[i:i + 4], {32}, True)
                                           for i in range(0, len(ids), 4)])
     other = _sweep(setup, tmp_path / "pixels", ["gaussian_noise"])
-    assert other["image_ids"] == ids
+    assert other.image_ids == ids
     for m in MODELS:
         _, now = read_cell(tmp_path / "run", Cell(m, CLEAN, 0), ids)
         _, pixel_only = read_cell(tmp_path / "pixels", Cell(m, CLEAN, 0), ids)
@@ -229,7 +229,7 @@ def test_sweep_click_cells_only_for_point_models_and_clean_unchanged(setup, tmp_
     assert summary["click_perturbations"] == ["click_jitter", "click_centroid"]
     labels = summary["model_labels"]
     assert labels["unet"] == {"label": "U-Net", "backbone": None, "encoder": None, "random_init": False}
-    backbone = record["model_info"]["point_clip_unet"]["backbone"]["label"]
+    backbone = record.model_info["point_clip_unet"].backbone["label"]
     assert labels["point_clip_unet"]["backbone"] == backbone and backbone in labels["point_clip_unet"]["label"]
     table = click_table(summary, {})
     unet_rows = [r for r in table.rows if r[1] == "unet"]

@@ -41,7 +41,7 @@ def swept(tmp_path_factory):
     for name in MODELS:
         train(name, TRAIN, TINY, root, ckpts, cache_dir=cache, log=quiet)
     plan = SweepPlan(list(MODELS), [*PERTS, "click_jitter"], [1, 5, 9], seed=0, batch_size=4)
-    run_sweep(SweepJob(plan, ckpts, base / "run", root, cache_dir=cache, precision="fp32", device="cpu"), log=quiet)
+    run_sweep(SweepJob(plan=plan, checkpoints_dir=ckpts, run_dir=base / "run", data_root=root, cache_dir=cache, precision="fp32", device="cpu"), log=quiet)
     return root, cache, base / "run"
 
 

@@ -9,6 +9,7 @@ per batch and passes them as ``backbone``; the tests here do the same.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import open_clip
 import pytest
@@ -36,6 +37,10 @@ NO_AUTOCAST = contextlib.nullcontext
 
 def spec_of(name: str):
     return get_registry().get("model", name)
+
+
+#: The U-Net family's width and dropout options at their defaults (the paper's).
+WIDTH = {"base_channels": 64, "dropout": 0.0}
 
 
 def has_option(spec, name: str) -> bool:
@@ -107,12 +112,12 @@ def test_registry_has_the_five_builtins():
         assert reg.models[name].backbone_option is None
     # the paper's settings are the defaults
     cfg = reg.models["unet"].config()
-    assert (cfg.in_size, cfg.base_channels, cfg.n_classes, cfg.dropout) == (256, 64, 3, 0.0)
-    assert cfg.options == {"upsample": "bilinear"}
+    assert (cfg.in_size, cfg.n_classes) == (256, 3)
+    assert cfg.options == {"upsample": "bilinear", "base_channels": 64, "dropout": 0.0}
     ae = reg.models["autoencoder"].config()
-    assert ae.options == {"latent_dim": 1024, "norm": "none", "freeze_encoder": False}
+    assert ae.options == {"latent_dim": 1024, "norm": "none", "freeze_encoder": False, **WIDTH}
     clip = reg.models["clip_unet"].config()
-    assert clip.options == {"backbone": "clip:ViT-B-32:openai", "fuse_clip": "add", "upsample": "bilinear"}
+    assert clip.options == {"backbone": "clip:ViT-B-32:openai", "fuse_clip": "add", "upsample": "bilinear", **WIDTH}
     assert reg.models["clip_unet"].backbone_key(clip) == "clip:ViT-B-32:openai"
     assert reg.models["point_clip_unet"].config().opt("heatmap_sigma") == 10.0
     assert reg.models["unet"].backbone_key(cfg) is None
@@ -152,7 +157,7 @@ def test_config_and_build_validate():
     with pytest.raises(PetsegError, match="in_size"):
         spec.config({"in_size": 50})
     with pytest.raises(PetsegError, match="in_size"):  # build checks too (a config made by hand)
-        spec.build(ModelConfig(in_size=50, base_channels=4, options={"upsample": "bilinear"}))
+        spec.build(ModelConfig(in_size=50, options={"upsample": "bilinear", "base_channels": 4, "dropout": 0.0}))
     with pytest.raises(PetsegError, match="unknown model config field.*latent_dim"):
         spec.config({"latent_dim": 32})  # a model option is not a generic field
 
@@ -511,7 +516,7 @@ def test_options_from_strings_reach_the_model_config():
     assert cfg.opt("heatmap_sigma") == 4.0 and isinstance(cfg.opt("heatmap_sigma"), float)
     assert (cfg.opt("upsample"), cfg.opt("fuse_clip")) == ("transposed", "replace")
     ae = spec_of("autoencoder").config(options={"latent_dim": "48", "freeze_encoder": "yes", "dropout": None})
-    assert ae.options == {"latent_dim": 48, "norm": "none", "freeze_encoder": True}
+    assert ae.options == {"latent_dim": 48, "norm": "none", "freeze_encoder": True, **WIDTH}
     with pytest.raises(PetsegError, match="fuse_clip must be one of add, replace"):
         spec.config(options={"fuse_clip": "concat"})
     with pytest.raises(PetsegError, match="point_clip_unet: heatmap_sigma must be > 0"):
@@ -548,7 +553,8 @@ def test_quick_profile_uses_the_tiny_backbone(name):
 def test_quick_profile_of_the_other_builtins():
     assert spec_of("autoencoder").config(profile="quick").opt("latent_dim") == 256
     assert spec_of("autoencoder").config(options={"latent_dim": 64}, profile="quick").opt("latent_dim") == 64
-    assert spec_of("unet").config(profile="quick").options == {"upsample": "bilinear"}
+    assert spec_of("unet").config(profile="quick").options == {"upsample": "bilinear", "base_channels": 16,
+                                                              "dropout": 0.0}  # the profile's width
 
 
 @pytest.mark.parametrize("name", CLIP_MODELS)
@@ -576,12 +582,13 @@ FORMAT1 = dict(in_size=SIZE, base_channels=4, n_classes=3, dropout=0.1, bilinear
                freeze_encoder=True, latent_dim=32, heatmap_sigma=6.0, clip_model=TINY_CLIP_MODEL,
                clip_pretrained="none", options={})
 CLIP_OPTIONS = {"backbone": TINY_KEY, "fuse_clip": "replace", "upsample": "transposed"}
+OLD_WIDTH = {"base_channels": 4, "dropout": 0.1}  # generic fields then, options now
 UPGRADED = {
-    "unet": {"upsample": "transposed"},
-    "autoencoder": {"latent_dim": 32, "norm": "none", "freeze_encoder": True},
-    "clip_only": CLIP_OPTIONS,
-    "clip_unet": CLIP_OPTIONS,
-    "point_clip_unet": {**CLIP_OPTIONS, "heatmap_sigma": 6.0},
+    "unet": {"upsample": "transposed", **OLD_WIDTH},
+    "autoencoder": {"latent_dim": 32, "norm": "none", "freeze_encoder": True, **OLD_WIDTH},
+    "clip_only": {**CLIP_OPTIONS, **OLD_WIDTH},
+    "clip_unet": {**CLIP_OPTIONS, **OLD_WIDTH},
+    "point_clip_unet": {**CLIP_OPTIONS, "heatmap_sigma": 6.0, **OLD_WIDTH},
 }
 
 
@@ -593,7 +600,7 @@ def test_format1_checkpoint_config_is_upgraded(tmp_path, name):
                 "state_dict": {}}, path)
     data = checkpoint.load(path, expect_model=name)
     cfg = checkpoint.model_config(data, spec, path)
-    assert (cfg.in_size, cfg.base_channels, cfg.n_classes, cfg.dropout) == (SIZE, 4, 3, 0.1)
+    assert (cfg.in_size, cfg.n_classes) == (SIZE, 3)
     assert cfg.options == UPGRADED[name]
     model = spec.build(cfg)  # and it builds
     assert sum(isinstance(m, nn.Dropout2d) for m in model.modules()) > 0
@@ -636,7 +643,53 @@ def test_format1_with_default_clip_fields():
     spec = spec_of("clip_unet")
     old = {**FORMAT1, "bilinear": True, "clip_model": "ViT-B-32", "clip_pretrained": "openai"}
     cfg = checkpoint.model_config({"format_version": 1, "model_config": old}, spec, "old.pt")
-    assert cfg.options == {"backbone": "clip:ViT-B-32:openai", "fuse_clip": "replace", "upsample": "bilinear"}
+    assert cfg.options == {"backbone": "clip:ViT-B-32:openai", "fuse_clip": "replace", "upsample": "bilinear",
+                           **OLD_WIDTH}
+
+
+#: A format-2 model config: base_channels and dropout still generic fields.
+FORMAT2 = {"in_size": SIZE, "base_channels": 4, "n_classes": 3, "dropout": 0.1, "options": {"upsample": "transposed"}}
+
+
+def test_format2_width_and_dropout_become_the_models_options(tmp_path):
+    """A format-2 checkpoint (base_channels, dropout as generic fields) loads with them as
+    the options of the models that declare them, through the spec's upgrade hook."""
+    from petseg_bench.engine.predictor import load_predictor
+    from petseg_bench.engine.runtime import Runtime
+
+    spec = spec_of("unet")
+    cfg = checkpoint.model_config({"format_version": 2, "model_config": dict(FORMAT2)}, spec, "old.pt")
+    assert cfg.options == {"upsample": "transposed", **OLD_WIDTH} and cfg.to_dict().keys() == {"in_size", "n_classes",
+                                                                                                "options"}
+    torch.manual_seed(0)
+    state = trainable_state(spec, spec.build(cfg))
+    path = tmp_path / "old.pt"
+    torch.save({"format": checkpoint.FORMAT, "format_version": 2, "model": "unet", "model_config": dict(FORMAT2),
+                "state_dict": state}, path)
+    predictor = load_predictor(path, Runtime.choose("cpu", "fp32"), expect_model="unet", fold_bn=False)
+    assert predictor.config == cfg and sum(isinstance(m, nn.Dropout2d) for m in predictor.model.modules()) > 0
+    upgraded = []
+    spec_up = dataclasses.replace(spec, upgrade=lambda options: upgraded.append(dict(options)) or options)
+    checkpoint.model_config({"format_version": 2, "model_config": dict(FORMAT2)}, spec_up, "old.pt")
+    assert upgraded == [{"upsample": "transposed", **OLD_WIDTH}]  # the hook sees them as options
+    # a model without a width option (a pretrained encoder's) keeps its dropout and drops the width
+    effnet = spec_of("effnet_unet")
+    old = {"in_size": SIZE, "base_channels": 64, "n_classes": 3, "dropout": 0.2, "options": {"weights": "none"}}
+    got = checkpoint.model_config({"format_version": 2, "model_config": old}, effnet, "old.pt")
+    assert got.opt("dropout") == 0.2 and "base_channels" not in got.options
+
+
+def test_width_and_dropout_are_options_checked_by_the_model():
+    with pytest.raises(PetsegError, match="model unet: dropout must be within 0..1, got 1.5"):
+        spec_of("unet").config(options={"dropout": "1.5"})
+    with pytest.raises(PetsegError, match="base_channels must be >= 1"):
+        spec_of("autoencoder").config({"base_channels": 0})
+    with pytest.raises(PetsegError, match="unknown model config field.*base_channels"):
+        spec_of("effnet_unet").config({"base_channels": 8})  # it has no width option
+    # the profile's width reaches every model that declares one, under the model's own
+    assert spec_of("clip_unet").config(profile="reference").opt("base_channels") == 16
+    assert spec_of("autoencoder").config(profile="reference").opt("base_channels") == 32
+    assert spec_of("autoencoder").config({"base_channels": 8}, profile="reference").opt("base_channels") == 8
 
 
 def test_format2_rejects_flat_fields():

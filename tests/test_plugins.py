@@ -142,7 +142,7 @@ def test_list_shows_every_kind():
     result = CliRunner().invoke(main, ["list"])
     assert result.exit_code == 0, result.output
     for kind, _ in KINDS.values():
-        assert f"{kind}s:" in result.output, kind
+        assert f"{'model families' if kind == 'model family' else kind + 's'}:" in result.output, kind
     assert "e.g. clip:ViT-B-32:openai" in result.output
     only = CliRunner().invoke(main, ["list", "clip"])
     assert only.exit_code == 0, only.output

@@ -79,7 +79,7 @@ def test_training_log_shows_the_base_lr_not_the_encoders_scaled_one(tmp_path):
     ({"weights": "/tmp/x/my-lite0.pth"}, "EfficientNet-Lite0 (weights from my-lite0.pth)"),
 ])
 def test_the_encoder_is_named_for_the_reports(spec, options, label):
-    from petseg_bench.reporting.models import describe_models
+    from petseg_bench.reporting.model_views import describe_models
 
     assert spec.encoder_name(spec.config({"in_size": 64}, options)) == label
     views = describe_models({"model_info": {"effnet_unet": {"encoder": label}, "unet": {"encoder": None}}}, [])
@@ -161,9 +161,9 @@ def test_a_model_sets_its_own_generic_fields_per_profile_below_explicit_options(
     reg = get_registry()
     ae = reg.get("model", "autoencoder")
     _, fields = resolve("reference", {}, {}, ae)
-    assert fields == {"in_size": 160, "base_channels": 32}  # the profile's size, the model's own width
-    _, fields = resolve("reference", {}, {"base_channels": 8}, ae)
-    assert fields["base_channels"] == 8  # explicit wins
+    assert fields == {"in_size": 160}  # the profile's size
+    assert ae.config(fields, {}, "reference").opt("base_channels") == 32  # the model's own width option
+    assert ae.config(fields, {"base_channels": "8"}, "reference").opt("base_channels") == 8  # explicit wins
     assert ae.config(fields, {}, "reference").options["latent_dim"] == 512
     clip = reg.get("model", "clip_unet")
     assert clip.config({}, {}, "reference").options["backbone"] == "efficientnet:lite0"  # a real frozen encoder

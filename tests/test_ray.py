@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from petseg_bench.cli import main
 from petseg_bench.engine.sweep import SweepJob, SweepPlan, run_sweep
+from petseg_bench.errors import PetsegError
 from petseg_bench.results import RUN_FILE, load_run
 
 from conftest import one_error_line, quiet
@@ -76,11 +77,11 @@ def test_ray_sweep_equals_the_local_one_and_survives_a_killed_worker(ray_address
     killer = threading.Thread(target=kill_one_busy_worker, daemon=True)
     killer.start()
     plan = SweepPlan(list(MODELS), list(PERTS), list(LEVELS), batch_size=1)  # small batches: long enough to be caught
-    job = SweepJob(plan, ckpt_dir, out, data_root, cache_dir=cache_dir, precision="fp32", device="cpu", backend="ray")
+    job = SweepJob(plan=plan, checkpoints_dir=ckpt_dir, run_dir=out, data_root=data_root, cache_dir=cache_dir, precision="fp32", device="cpu", backend="ray")
     record = run_sweep(job, log=quiet)
     killer.join(5)
     assert killed, "no Ray worker was caught running a group"
-    assert record["cells_computed"] == len(cell_files(base_run))
+    assert record.cells_computed == len(cell_files(base_run))
     assert set(cell_files(out)) == set(cell_files(base_run))  # none lost
     df = load_run(out)
     assert not df.duplicated(["model", "perturbation", "level", "image_id"]).any()  # none twice
@@ -154,3 +155,90 @@ def test_ray_options_need_the_ray_backend(tmp_path):
                           (["--cpus-per-task", "2"], "--cpus-per-task is for --backend ray")):
         result = CliRunner().invoke(main, offline_args(tmp_path, *extra))
         assert needle in one_error_line(result.output)
+
+
+# --- the workers' niceness ------------------------------------------------------------------------
+
+
+class FakeRay:
+    """Records what ``ray.init`` saw of the environment (no Ray started)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        self.seen.append((os.environ.get("RAY_worker_niceness"), kwargs))
+
+
+@pytest.mark.parametrize("given, before", [(0, None), (7, None), (19, "15"), (0, "19")])
+def test_the_local_ray_starts_its_workers_at_the_niceness_given(given, before, monkeypatch):
+    from petseg_bench.engine.ray_backend import connect
+
+    if before is None:
+        monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    else:
+        monkeypatch.setenv("RAY_worker_niceness", before)
+    ray = FakeRay()
+    assert connect(ray, None, given) is True
+    assert ray.seen[0][0] == str(given)  # what the raylet that ray.init starts reads
+    assert os.environ.get("RAY_worker_niceness") == before  # this process's environment as it was
+
+
+def test_ray_niceness_reaches_ray_init_from_the_command_line(tmp_path, monkeypatch):
+    """``run --ray-niceness N`` -> the SweepJob -> the RayBackend -> the environment
+    ``ray.init`` starts the raylet in (a fake Ray, stopped there)."""
+    from petseg_bench.engine import ray_backend, sweep
+
+    jobs = []
+
+    def fake_run_sweep(job, **kwargs):
+        jobs.append(job)
+        raise PetsegError("stopped before the sweep")
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    for extra, want in ((["--ray-niceness", "5"], 5), ([], 0)):
+        result = CliRunner().invoke(main, offline_args(tmp_path, "--backend", "ray", *extra))
+        assert "stopped before the sweep" in one_error_line(result.output)
+        assert jobs[-1].ray_niceness == want
+    ray = FakeRay()
+    monkeypatch.setattr(ray_backend, "import_ray", lambda: ray)
+    monkeypatch.setattr(ray, "init", lambda **kw: ray.seen.append(os.environ.get("RAY_worker_niceness")) or 1 / 0)
+    with pytest.raises(PetsegError, match="starting a local Ray: ZeroDivisionError"):
+        ray_backend.RayBackend(jobs[0], quiet)
+    assert ray.seen == ["5"]
+
+
+def test_ray_niceness_is_for_a_local_ray(tmp_path):
+    for extra, needle in ((["--ray-niceness", "3"], "--ray-niceness is for --backend ray"),
+                          (["--backend", "ray", "--address", "10.0.0.1:6379", "--ray-niceness", "0"],
+                           "--ray-niceness is for the local Ray a run starts")):
+        result = CliRunner().invoke(main, offline_args(tmp_path, *extra))
+        assert needle in one_error_line(result.output)
+    result = CliRunner().invoke(main, offline_args(tmp_path, "--backend", "ray", "--ray-niceness", "20"))
+    assert result.exit_code == 2 and "0<=x<=19" in result.output
+
+
+NICE_PROBE = """
+import json, os, ray
+from petseg_bench.engine.ray_backend import connect
+connect(ray, None, int(os.environ["WANT"]))
+nice = ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote())
+ray.shutdown()
+print(json.dumps({"driver": os.nice(0), "worker": nice}))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_rays_workers_really_run_at_that_niceness():
+    pytest.importorskip("ray")
+    out = {}
+    for want in (0, 4):
+        done = subprocess.run([sys.executable, "-c", NICE_PROBE], capture_output=True, text=True, timeout=180,
+                              env={**ENV, "WANT": str(want)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[want] = json.loads(done.stdout.strip().splitlines()[-1])
+    for want, seen in out.items():
+        assert seen["worker"] == min(19, seen["driver"] + want), out

@@ -110,8 +110,13 @@ def test_shards_in_their_own_folders_merge_into_the_full_run(base_run, ckpt_dir,
     assert [m["shard"]["index"] for m in record["merged_from"]] == [0, 1, 2] and "shard" not in record
     assert record["cells_computed"] == len(cell_files(base_run)) - len(files[1])  # shard 1's last session: none
     assert (merged / "index.html").is_file() and (merged / "report.md").is_file()
-    partial = invoke(["report", str(folders[0]), "--no-examples"])
+    partial = invoke(["report", str(folders[0]), "--no-examples"])  # partial: refused unless allowed
+    line = one_error_line(partial.output)
+    assert "partial run (shards 1/3, 2/3 missing)" in line and "--allow-partial" in line
+    assert not (folders[0] / RUN_FILE).exists()
+    partial = invoke(["report", str(folders[0]), "--no-examples", "--allow-partial"])
     assert partial.exit_code == 0 and "shard(s) 1/3, 2/3 missing" in partial.output
+    assert "Partial run: missing cells" in (folders[0] / "report.md").read_text()
     assert invoke(["report", str(folders[0]), str(folders[1])]).exit_code != 0  # several folders need --out
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from petseg_bench.data.clicks import eval_click
+from petseg_bench.data.points import eval_click
 from petseg_bench.data.letterbox import Letterbox
 from petseg_bench.engine import runtime
 from petseg_bench.engine.inference import score
@@ -207,7 +207,7 @@ def _randomise_bn(net: torch.nn.Module) -> None:
 
 @torch.no_grad()
 def test_efficientnet_batchnorms_fold_into_their_convolutions_with_the_same_output():
-    from petseg_bench.engine.bn_fold import fold_batchnorm
+    from petseg_bench.bn_fold import fold_batchnorm
     from petseg_bench_models.efficientnet import EfficientNetLite
 
     net = EfficientNetLite("lite0")

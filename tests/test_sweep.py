@@ -26,11 +26,12 @@ from petseg_bench import N_CLASSES
 from petseg_bench.cli import main
 from petseg_bench.config import TrainConfig
 from petseg_bench.data.cache import prepare
+from petseg_bench.data.layout import list_split
 from petseg_bench.errors import PetsegError
 from petseg_bench.plugins import get_registry
 from petseg_bench.engine.sweep import SweepJob, SweepPlan, parse_levels, run_sweep
 from petseg_bench.perturbation import image_rng
-from petseg_bench.results import CLEAN, CM_COLUMNS, RUN_FILE, Cell, load_run, read_cell, write_cell
+from petseg_bench.results import CLEAN, CM_COLUMNS, RUN_FILE, Cell, load_run, read_cell, read_run, write_cell
 
 from conftest import one_error_line, quiet, train, write_dataset
 
@@ -74,7 +75,7 @@ def sweep(ckpt_dir, data_root, cache_dir):
     def run(run_dir: Path, *, seed: int = 0, batch_size: int = 3, perturbations=PERTS, levels=LEVELS,
             resume: bool = False, log=quiet) -> dict:
         plan = SweepPlan(list(MODELS), list(perturbations), list(levels), seed=seed, batch_size=batch_size)
-        job = SweepJob(plan, ckpt_dir, run_dir, data_root, resume=resume, cache_dir=cache_dir, precision="fp32",
+        job = SweepJob(plan=plan, checkpoints_dir=ckpt_dir, run_dir=run_dir, data_root=data_root, resume=resume, cache_dir=cache_dir, precision="fp32",
                        device="cpu")
         return run_sweep(job, log=log)
 
@@ -129,6 +130,9 @@ def test_cells_one_file_each_one_row_per_image(base_run, data_root, cache_dir):
                 for c in expected_cells()}
     assert set(cell_files(base_run)) == expected  # level 0 once per model, never per perturbation
     assert not list((base_run / "cells").rglob("*tmp*"))  # atomic writes leave nothing behind
+    # the report's breed groups: the training split's breed counts (the synthetic data's two breeds)
+    groups = read_run(base_run).breed_groups
+    assert sum(groups["train_counts"].values()) == len(list_split(data_root, "trainval").samples)
 
     for cell in expected_cells():
         got = read_cell(base_run, cell, ids)
@@ -263,7 +267,7 @@ def test_truncated_or_foreign_cell_is_recomputed_never_merged(base_run, sweep, d
 
     messages = []
     record = sweep(run_dir, resume=True, log=messages.append)
-    assert record["cells_computed"] == 3
+    assert record.cells_computed == 3
     assert any("3 to compute" in m for m in messages), messages
     for cell in (truncated, foreign, renamed):
         assert read_cell(run_dir, cell, ids) is not None

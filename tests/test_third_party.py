@@ -74,7 +74,7 @@ def test_built_and_run_like_a_builtin(installed, monkeypatch):
     spec = reg.get("model", "example_fcn")
     assert reg.select("model", "example*") == ["example_fcn"]
     cfg = spec.config({"in_size": 32})
-    assert cfg.base_channels == 8 and cfg.options == {}  # its spec's defaults
+    assert cfg.opt("width") == 8 and cfg.options == {"width": 8}  # its option's default
     model = spec.build(cfg)
     logits = model(image=torch.zeros(2, 3, 32, 32))
     assert logits.shape == (2, 3, 32, 32)

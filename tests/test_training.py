@@ -20,7 +20,7 @@ from PIL import Image
 from petseg_bench.cli import main
 from petseg_bench.config import TrainConfig
 from petseg_bench.data.cache import prepare
-from petseg_bench.data.clicks import eval_click, train_click
+from petseg_bench.data.points import eval_click, train_click
 from petseg_bench.data.split import validation_split
 from petseg_bench.engine import checkpoint
 from petseg_bench.engine import hooks as hooks_mod
@@ -118,7 +118,7 @@ def test_every_model_trains_writes_checkpoints_and_predicts(name, trained, data_
     assert {"optimizer", "scheduler", "rng"} <= set(last)
 
     spec, config, model, data = load_model(result.best_path, Runtime.choose("cpu", "fp32"), expect_model=name)
-    assert config.in_size == 32 and config.base_channels == 4 and not model.training
+    assert config.in_size == 32 and config.opt("base_channels") == 4 and not model.training
     test = prepare(data_root, "test", "nearest", cache_dir)
     images = [np.asarray(Image.open(data_root / "images" / f"{n}.jpg").convert("RGB")) for n in test.names[:3]]
     labels = [test.label(i) for i in range(3)]
@@ -177,12 +177,12 @@ def test_train_config_round_trips_and_validates():
 
 
 def test_phase_epochs_split_the_budget():
-    assert training_mod.phase_epochs(10, [1.0]) == [10]
-    assert training_mod.phase_epochs(3, [0.5, 0.5]) == [1, 2]
+    assert loop_mod.phase_epochs(10, [1.0]) == [10]
+    assert loop_mod.phase_epochs(3, [0.5, 0.5]) == [1, 2]
     for total in range(2, 30):
-        counts = training_mod.phase_epochs(total, [0.5, 0.5])
+        counts = loop_mod.phase_epochs(total, [0.5, 0.5])
         assert sum(counts) == total and min(counts) >= 1
-    assert training_mod.phase_epochs(1, [0.5, 0.5]) == [1, 1]  # each phase needs an epoch
+    assert loop_mod.phase_epochs(1, [0.5, 0.5]) == [1, 1]  # each phase needs an epoch
 
 
 def test_phase_epochs_set_each_stage(tmp_path, data_root, cache_dir):
@@ -406,7 +406,7 @@ def test_cli_train_and_resume(tmp_path, data_root, cache_dir):
     assert result.exit_code == 0, result.output
     assert "best validation mIoU" in result.output and str(tmp_path / "unet" / "best.pt") in result.output
     data = checkpoint.load(tmp_path / "unet" / "best.pt")
-    assert data["train_config"]["lr"] == 1e-3 and data["model_config"]["base_channels"] == 4  # profile + options
+    assert data["train_config"]["lr"] == 1e-3 and data["model_config"]["options"]["base_channels"] == 4  # profile + options
     result = CliRunner().invoke(main, args + ["--resume", "--lr", "0.01"])
     assert result.exit_code != 0 and "lr" in one_error_line(result.output)
 
@@ -502,6 +502,8 @@ def test_evaluate_cli(name, trained, data_root, cache_dir, tmp_path):
             assert 0.0 <= m[reduction][metric]["mean"] <= 1.0
             assert set(m[reduction][metric]["per_class"]) == {"background", "cat", "dog"}
     assert 0.0 <= m["dataset"]["pixel_accuracy"]["mean"] <= 1.0
+    groups = data["breeds"]["groups"]  # per breed and per group, from the same matrices
+    assert sum(g["n_images"] for g in groups.values()) == 12 and "breeds (>= " in text
     if name in CLIP_MODELS:
         assert data["backbone"]["random_init"] is True
         assert "random init" in text and "random weights" in text

@@ -7,16 +7,18 @@ load) becomes one line in the status box and a Gradio warning, never a traceback
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from pathlib import Path
 
 import gradio as gr
 
-from ..errors import PetsegError, one_line
+from ..errors import PetsegError, one_line, os_error_text
 from ..plugins import get_registry
 from . import render
-from .inference import AppMessage, Request, check_click, click_sigma, describe_level, segment
-from .models import Choice, ModelCache, find_checkpoints, no_checkpoints_line
+from .segment import AppMessage, Request, check_click, click_sigma, describe_level, segment
+from .catalog import Choice, ModelCache, find_checkpoints, no_checkpoints_line
 from .uploads import Upload, UploadError, load_upload, payload_source
 
 #: The default perturbation shown, where it is installed.
@@ -28,18 +30,26 @@ QUEUE = "predict"
 
 
 class Page:
-    """The app's state shared by every session: the checkpoints listed and the model cache."""
+    """The app's state shared by every session: the checkpoints listed, the model cache,
+    and the folder uploads are accepted from (Gradio's upload folder unless given)."""
 
-    def __init__(self, checkpoints: Path | str, cache: ModelCache | None = None):
+    def __init__(self, checkpoints: Path | str, cache: ModelCache | None = None, uploads: Path | str | None = None):
         self.folder = Path(checkpoints)
         self.choices: dict[str, Choice] = {str(c.path): c for c in find_checkpoints(self.folder)}
         self.cache = cache or ModelCache()
+        self.uploads = uploads
+
+    def upload_folder(self) -> str:
+        """Where Gradio keeps what it received (``GRADIO_TEMP_DIR``, else the temp folder's gradio/)."""
+        return str(self.uploads) if self.uploads is not None else gr.utils.get_upload_folder()
 
     def perturbation_choices(self) -> list[tuple[str, str]]:
         reg = get_registry()
         out = [("none", "none")]
         for name in sorted(reg.perturbations):
             spec = reg.perturbations[name]
+            if spec.acts_on_model:  # attacks need the model's gradient: sweeps only, not the page
+                continue
             tag = " (moves the click)" if spec.acts_on_clicks else ""
             out.append((f"{name}{tag}{' (unavailable)' if spec.unavailable else ''}", name))
         return out
@@ -88,11 +98,12 @@ class Page:
         return view, clean, pert, legend, info
 
     def on_photo(self, payload, model, perturbation, level):
-        """A new upload (file, paste, webcam) or a cleared one: decode, then predict (no click yet)."""
+        """A new upload (file, paste, webcam) or a cleared one: decode, then predict (no click yet).
+        Only a file Gradio received as an upload is read (see :func:`payload_source`)."""
         if payload is None:
             return None, None, None, None, None, "", self.start_line()
         try:
-            upload = load_upload(payload_source(payload))
+            upload = load_upload(payload_source(payload, self.upload_folder()))
         except UploadError as exc:
             return None, None, None, None, None, "", warn(str(exc))
         except Exception as exc:  # noqa: BLE001 - the page never shows a traceback
@@ -173,6 +184,7 @@ def build(page: Page) -> gr.Blocks:
 def launch(checkpoints: Path | str, host: str = "127.0.0.1", port: int | None = None, cache: ModelCache | None = None,
            block: bool = True) -> gr.Blocks:
     """Serve the page on ``host:port`` (never a public share link)."""
+    check_bind(host, port)  # before the checkpoints are read
     page = Page(checkpoints, cache)
     problems = [c.problem for c in page.choices.values() if c.problem] or ([] if page.choices else [page.start_line()])
     for line in problems:
@@ -191,7 +203,7 @@ def serve(demo: gr.Blocks, host: str, port: int | None, block: bool, tries: int 
             demo.launch(server_name=host, server_port=port, share=False, ssr_mode=False, show_error=False, quiet=True,
                         prevent_thread_lock=not block, max_file_size=MAX_UPLOAD, inbrowser=False)
             return
-        except OSError as exc:  # the port is taken, or the address is not this machine's
+        except OSError as exc:  # taken between the check and Gradio's own bind
             why = "the port is in use" if "empty port" in str(exc) else one_line(exc, 120)
             raise PetsegError(f"cannot serve on {host}:{port}: {why} (choose another --port or --host)") from None
         except ValueError:  # Gradio could not reach its own page: a proxy, or no answer in time
@@ -199,3 +211,26 @@ def serve(demo: gr.Blocks, host: str, port: int | None, block: bool, tries: int 
             if attempt == tries:
                 raise PetsegError(f"the page on {host}:{port} started but did not answer Gradio's own check; if a "
                                   "proxy is set, add 127.0.0.1 and localhost to NO_PROXY, else try again") from None
+
+
+def check_bind(host: str, port: int | None) -> None:
+    """Bind ``host:port`` once as the server will, so that a failure says what the operating
+    system said (Gradio's own message is always "Cannot find empty port")."""
+    try:
+        infos = socket.getaddrinfo(host or None, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else one_line(exc, 120)
+        raise PetsegError(f"cannot serve on {host}:{port}: --host {host!r} is not an address: "
+                          f"{why[:1].lower() + why[1:]}") from None
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            hint = "--host must be an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        else:
+            hint = "choose another --port or --host"
+        why = "the port is in use" if exc.errno == errno.EADDRINUSE else os_error_text(exc)
+        raise PetsegError(f"cannot serve on {host}:{port}: {why} ({hint})") from None

@@ -4,6 +4,11 @@ Whatever the browser sends (a file, a pasted image, a webcam snapshot) is read h
 nowhere else. The longer side is brought down to :data:`MAX_SIDE` while decoding (JPEG
 decodes straight at a reduced scale), so an 8000 x 8000 photo never exists in memory as
 a full-size array; anything that is not a usable image gets one line saying why.
+
+Only what the page sent is read: a file Gradio received as an upload (inside its upload
+folder) or the pixels of a ``data:`` URL. A path to anything else on the server (named in
+a direct API call) is refused with :data:`NOT_SENT`, one line that is the same whether
+the path exists, is missing or is a folder: no answer says which server paths exist.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,20 +55,44 @@ class Upload:
         return f"{self.original[1]}x{self.original[0]} px, downscaled to {w}x{h} px"
 
 
-def payload_source(payload) -> str | bytes | None:
-    """The file path (or the bytes of a ``data:`` URL) of what a Gradio image component sent:
-    a path string, or its file-data dict (``path``, ``url``)."""
-    if payload is None or isinstance(payload, str):
-        return payload
+#: The one answer to a payload naming anything but a file uploaded from the page.
+NOT_SENT = "The app reads only photos uploaded from the page: upload the photo again"
+#: Gradio's mark on a file-data dict (FileData.meta).
+FILE_DATA = "gradio.FileData"
+
+
+def payload_source(payload, uploads: Path | str) -> str | bytes | None:
+    """What a Gradio image component sent: the bytes of a ``data:`` URL, or the path of a
+    file-data dict (``path``, ``meta``) naming a regular file inside ``uploads`` (Gradio's
+    upload folder), symlinks and ``..`` resolved. Anything else is :data:`NOT_SENT`."""
+    if payload is None:
+        return None
     if isinstance(payload, dict):
-        url = payload.get("url") or ""
-        if not payload.get("path") and url.startswith("data:"):
+        url = payload.get("url")
+        if not payload.get("path") and isinstance(url, str) and url.startswith("data:"):
             try:
                 return base64.b64decode(url.partition(",")[2], validate=False)
             except (binascii.Error, ValueError):
                 raise UploadError("The pasted image could not be read (bad data URL)") from None
-        return payload.get("path")
-    raise UploadError(f"Unexpected upload of type {type(payload).__name__}")
+        path = uploaded_path(payload, uploads)
+        if path is not None:
+            return path
+    raise UploadError(NOT_SENT)
+
+
+def uploaded_path(payload: dict, uploads: Path | str) -> str | None:
+    """The real path of the file ``payload`` names when Gradio received it as an upload:
+    marked as file data, inside ``uploads`` once resolved, a regular file; else None.
+    Which test fails is not said (the same answer for every path outside)."""
+    path, meta = payload.get("path"), payload.get("meta")
+    if not isinstance(path, str) or not path or not isinstance(meta, dict) or meta.get("_type") != FILE_DATA:
+        return None
+    try:
+        real, root = os.path.realpath(path), os.path.realpath(uploads)
+        inside = real != root and os.path.commonpath([real, root]) == root
+    except (ValueError, OSError):  # a NUL byte, a mix of drive letters...
+        return None
+    return real if inside and os.path.isfile(real) else None
 
 
 def load_upload(source: str | Path | bytes, max_side: int = MAX_SIDE) -> Upload:

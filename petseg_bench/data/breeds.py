@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -87,3 +88,10 @@ def breed_scores(ids: Sequence[str], cms: np.ndarray, groups: BreedGroups) -> di
     out_breeds = {b: {**_scores(cms[breeds == b]), "group": groups.group_of(b),
                       "train_images": int(groups.train_counts.get(b, 0))} for b in names}
     return {"reduction": "dataset", "min_count": groups.min_count, "groups": out_groups, "breeds": out_breeds}
+
+
+def training_breeds(data_root: Path) -> BreedGroups:
+    """The breed groups of the labelled training split (trainval's usable images)."""
+    from .layout import list_split
+
+    return BreedGroups(breed_counts(s.name for s in list_split(data_root, "trainval").samples))

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -96,15 +96,86 @@ def _notice(line: str) -> None:
 
 # --- the fingerprint ---------------------------------------------------------------
 
-def fingerprint(listing: SplitListing) -> str:
+def fingerprint(listing: SplitListing, digests: dict[str, tuple[bytes, bytes]] | None = None) -> str:
     """Content hash of a split's files (names and bytes of images and masks) and of the
-    cache version (what the cleaning does to them)."""
+    cache version (what the cleaning does to them). ``digests``: :func:`file_digests`
+    of the listing, when already computed."""
+    digests = file_digests(listing) if digests is None else digests
     h = hashlib.sha256(f"v{CACHE_VERSION}:{listing.split}".encode())
     for s in sorted(listing.samples, key=lambda s: s.name):
         h.update(f"{s.name}:{s.species}:".encode())
-        for p in (s.image, s.mask):
-            h.update(_file_digest(p))
+        for d in digests[s.name]:
+            h.update(d)
     return h.hexdigest()[:16]
+
+
+def file_digests(listing: SplitListing) -> dict[str, tuple[bytes, bytes]]:
+    """Per sample name, the SHA-1 digests of its image's and its mask's bytes."""
+    return {s.name: (_file_digest(s.image), _file_digest(s.mask)) for s in listing.samples}
+
+
+#: Inside each prepared folder: per sample, its files and their digests, so that a
+#: resume on changed data can say which files changed.
+FILES_FILE = "files.json"
+
+
+def _manifest(listing: SplitListing, digests: dict[str, tuple[bytes, bytes]]) -> dict[str, list]:
+    return {s.name: [s.species, str(s.image.name), digests[s.name][0].hex()[:16],
+                     str(s.mask.name), digests[s.name][1].hex()[:16]] for s in listing.samples}
+
+
+def _save_manifest(folder: Path, manifest: dict) -> None:
+    """Write a prepared folder's file list once (folders of older versions get theirs
+    when next opened); a cache that cannot be written only loses the naming of changed
+    files later, so a failure here is quiet."""
+    path = folder / FILES_FILE
+    if path.is_file():
+        return
+    try:
+        from ..atomic import write_json_atomic
+
+        write_json_atomic(path, manifest)
+    except OSError:
+        pass
+
+
+def refuse_changed(sp: "PreparedSplit", recorded: str | None, what: str) -> None:
+    """``what`` (e.g. ``--resume: RUN was made``) on other data than ``sp``'s: one line
+    naming the files that changed. A record without a fingerprint is not checked here."""
+    if recorded and recorded != sp.fingerprint:
+        raise DataError(f"{what} on other data ({data_change(sp, recorded)})")
+
+
+def data_change(sp: "PreparedSplit", old: str | None) -> str:
+    """How the split ``sp`` differs from the data of fingerprint ``old``, in one line:
+    ``trainval fingerprint A -> B: 2 changed (x.jpg, y.png), 1 added (z.jpg), ...``."""
+    head = f"{sp.split} fingerprint {old} -> {sp.fingerprint}"
+    if not old:
+        return f"{head}: the record has no data fingerprint"
+    path = sp.root.parent / f"{sp.split}-{old}-{sp.void}" / FILES_FILE
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict) or sp.files is None:
+        return (f"{head}; which files changed cannot be named: the prepared cache {sp.root.parent} "
+                f"has no file list of the old data")
+    now = sp.files
+    changed = []
+    for name in sorted(set(before) & set(now)):
+        old_row, new_row = before[name], now[name]
+        if old_row != new_row:
+            parts = [f for f, a, b in (("species", old_row[0], new_row[0]), (new_row[1], old_row[2], new_row[2]),
+                                       (new_row[3], old_row[4], new_row[4])) if a != b] or [name]
+            changed += parts
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    parts = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+             for what, v in (("changed", changed), ("added", added), ("removed", removed)) if v]
+    if not parts:
+        return (f"{head}: the same files, hashed by another version of petseg-bench (prepared cache "
+                f"version {CACHE_VERSION}); start a new run")
+    return f"{head}: {', '.join(parts)}"
 
 
 def _file_digest(path: Path) -> bytes:
@@ -139,6 +210,10 @@ class PreparedSplit:
     fingerprint: str
     void: str
     layout: str
+    #: From the listing, not the cache: names listed or stored twice (counted once) and,
+    #: per name, [species, image, digest, mask, digest] (see :func:`data_change`).
+    duplicates: list[str] = field(default_factory=list)
+    files: dict[str, list] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -196,7 +271,8 @@ def prepare(data_root: Path, split: str, void: str = "nearest", cache_dir: Path 
     if void not in VOID_MODES:
         raise DataError(f"void mode must be one of {', '.join(VOID_MODES)}, got {void!r}")
     listing = list_split(Path(data_root), split)
-    fp = fingerprint(listing)
+    digests = file_digests(listing)
+    fp = fingerprint(listing, digests)
     base = Path(cache_dir or default_cache_dir())
     folder = base / f"{split}-{fp}-{void}"
     clean_leftovers(base)
@@ -213,6 +289,8 @@ def prepare(data_root: Path, split: str, void: str = "nearest", cache_dir: Path 
             sp = _open(folder, fp, split, void)
         except _Damaged as exc:
             raise DataError(f"prepared cache {folder} is unreadable right after it was written ({exc})") from None
+    sp.duplicates, sp.files = list(listing.duplicates), _manifest(listing, digests)
+    _save_manifest(folder, sp.files)
     if _sink is not None and str(folder) not in _noted:
         _noted.add(str(folder))
         note = dropped_summary(sp)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
-from .clicks import eval_click, train_click
+from .points import eval_click, train_click
 from .cache import PreparedSplit
 from .letterbox import Letterbox
 
@@ -24,8 +24,12 @@ class LetterboxedSet(Dataset):
     ``index`` (position in the prepared split), ``species`` (1 cat, 2 dog, 0 unknown)."""
 
     def __init__(self, prepared: PreparedSplit, positions: np.ndarray, size: int,
-                 augment: str | None = None, clicks: str = "eval", seed: int = 0, salt_pepper: float = 0.0):
+                 augment: str | None = None, clicks: str = "eval", seed: int = 0, salt_pepper: float = 0.0,
+                 stream: int = 0):
         self.prepared = prepared
+        #: Seeds another split's images apart from the labelled ones of the same positions
+        #: (0, the labelled split: the seeds as ever).
+        self.stream = stream
         self.positions = np.asarray(positions, dtype=np.int64)
         self.size = size
         self.clicks = clicks  # "train": random on the foreground; "eval": the fixed rule
@@ -46,7 +50,7 @@ class LetterboxedSet(Dataset):
         image, label = self.prepared.image(pos), self.prepared.label(pos)
         lb = Letterbox.fit(image.shape[0], image.shape[1], self.size)
         image, label = lb.apply(image), lb.apply(label, label=True)
-        s = sample_seed(self.seed, self.epoch, pos)
+        s = sample_seed(self.seed, self.epoch, pos, *((self.stream,) if self.stream else ()))
         if self.augment is not None:
             self.augment.set_random_seed(s)
             out = self.augment(image=image, mask=label)
@@ -67,3 +71,22 @@ class LetterboxedSet(Dataset):
             "index": pos,
             "species": int(self.prepared.species[pos]),  # 1 cat, 2 dog, 0 unknown
         }
+
+
+class JoinedSet(ConcatDataset):
+    """Training sets one after the other (the labelled part, then pseudo-labelled
+    images); the loop's ``epoch`` reaches every part."""
+
+    def __init__(self, parts: list[LetterboxedSet]):
+        super().__init__(parts)
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = value
+        for part in self.datasets:
+            part.epoch = value

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
@@ -53,6 +53,8 @@ class SplitListing:
     samples: list[Sample]
     dropped: list[Dropped]
     absent: list[str]  # names in the split file with neither image nor mask on disk
+    #: One line per name listed (or stored) more than once, which places; counted once.
+    duplicates: list[str] = field(default_factory=list)
 
 
 def file_problem(path: Path | str) -> str | None:
@@ -96,9 +98,10 @@ def list_split(root: Path, split: str) -> SplitListing:
     return _list_official(root, split) if layout == "official" else _list_processed(root, split)
 
 
-def _read_list(path: Path) -> list[tuple[str, int]]:
-    """``name class_id species breed_id`` lines; '#' lines are comments."""
-    rows = []
+def _read_list(path: Path, duplicates: list[str] | None = None) -> list[tuple[str, int]]:
+    """``name class_id species breed_id`` lines; '#' lines are comments. A name listed
+    again is kept once (its first line); ``duplicates`` gets one line per such name."""
+    rows, lines_of = [], {}
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -106,8 +109,54 @@ def _read_list(path: Path) -> list[tuple[str, int]]:
         parts = line.split()
         if len(parts) < 3 or parts[2] not in ("1", "2"):
             raise DataError(f"{path}:{n}: expected 'name class_id species(1|2) breed_id', got {line[:60]!r}")
+        if parts[0] in lines_of:
+            lines_of[parts[0]].append(n)
+            continue
+        lines_of[parts[0]] = [n]
         rows.append((parts[0], int(parts[2])))
+    if duplicates is not None:
+        duplicates += [f"{path}: {name} is listed {len(ns)} times (lines {', '.join(map(str, ns))}); counted once"
+                       for name, ns in lines_of.items() if len(ns) > 1]
     return rows
+
+
+def split_names(root: Path, split: str) -> set[str]:
+    """The names a split lists (its split file, or its folders in the processed layout),
+    whether or not their files are usable; empty when the split cannot be listed."""
+    root = Path(root)
+    try:
+        if detect_layout(root) == "official":
+            path = root / OFFICIAL_SPLIT_FILES[split]
+            return {name for name, _ in _read_list(path)} if path.is_file() else set()
+        base = root / PROCESSED_SPLIT_DIRS[split]
+        return {os.path.splitext(e.name)[0] for d in (base / "color", base / "label") if d.is_dir()
+                for e in os.scandir(d) if not e.name.startswith(".")}
+    except (DataError, OSError):
+        return set()
+
+
+def split_overlap(root: Path) -> list[str]:
+    """Names listed in both trainval and test (sorted): a model tested on them has seen them."""
+    return sorted(split_names(root, "trainval") & split_names(root, "test"))
+
+
+def refuse_overlap(root: Path, allow: bool = False, log=None, override: str | None = None) -> list[str]:
+    """A test image also listed in trainval would be scored by a model trained on it: one
+    :class:`DataError` line naming the first few, unless ``allow`` (``override``, the
+    option that allows it on an evaluation-only dataset, is named in the message; ``log``
+    gets a warning line). Returns the names in both splits."""
+    both = split_overlap(root)
+    if not both:
+        return both
+    names = f"{', '.join(both[:3])}{' ...' if len(both) > 3 else ''}"
+    if not allow:
+        hint = f", or pass {override} if this data is only evaluated" if override else ""
+        raise DataError(f"data root {root}: {len(both)} image(s) are listed in both trainval and test ({names}): "
+                        f"test images must not be trained on; remove them from one split list{hint}")
+    if log is not None:
+        log(f"warning: {override or 'allowed'}: {len(both)} test image(s) are also in trainval ({names}); "
+            f"recorded with the result")
+    return both
 
 
 def _list_official(root: Path, split: str) -> SplitListing:
@@ -118,10 +167,13 @@ def _list_official(root: Path, split: str) -> SplitListing:
     for d in (images_dir, trimaps_dir):
         if not d.is_dir():
             raise DataError(f"folder {d} is missing")
-    images, bad_images = _stems(images_dir, (".jpg",))
-    trimaps, bad_trimaps = _stems(trimaps_dir, (".png",))
-    samples, dropped, absent = [], [], []
-    for name, species in _read_list(split_file):
+    stored_twice: dict[str, str] = {}
+    images, bad_images = _stems(images_dir, (".jpg",), stored_twice)
+    trimaps, bad_trimaps = _stems(trimaps_dir, (".png",), stored_twice)
+    samples, dropped, absent, duplicates = [], [], [], []
+    for name, species in _read_list(split_file, duplicates):
+        if name in stored_twice:
+            duplicates.append(stored_twice[name])
         img, tri = images.get(name), trimaps.get(name)
         bad = _unusable(root, bad_images.get(name), bad_trimaps.get(name))
         if bad:
@@ -134,7 +186,7 @@ def _list_official(root: Path, split: str) -> SplitListing:
             dropped.append(Dropped(name, _rel(tri, root), f"no image images/{name}.jpg"))
         else:
             absent.append(name)
-    return SplitListing(split, samples, dropped, absent)
+    return SplitListing(split, samples, dropped, absent, duplicates)
 
 
 def _list_processed(root: Path, split: str) -> SplitListing:
@@ -143,8 +195,10 @@ def _list_processed(root: Path, split: str) -> SplitListing:
     for d in (color, label):
         if not d.is_dir():
             raise DataError(f"folder {d} is missing (processed layout needs {PROCESSED_SPLIT_DIRS[split]}/color and /label)")
-    images, bad_images = _stems(color, IMAGE_EXTS)
-    labels, bad_labels = _stems(label, (".png",))
+    stored_twice: dict[str, str] = {}
+    images, bad_images = _stems(color, IMAGE_EXTS, stored_twice)
+    labels, bad_labels = _stems(label, (".png",), stored_twice)
+    duplicates = list(stored_twice.values())
     samples, dropped = [], []
     for name in sorted(set(images) | set(labels) | set(bad_images) | set(bad_labels)):
         img, lab = images.get(name), labels.get(name)
@@ -157,23 +211,31 @@ def _list_processed(root: Path, split: str) -> SplitListing:
             dropped.append(Dropped(name, _rel(img, root), "no label PNG"))
         else:
             dropped.append(Dropped(name, _rel(lab, root), "no colour image"))
-    return SplitListing(split, samples, dropped, [])
+    return SplitListing(split, samples, dropped, [], duplicates)
 
 
-def _stems(folder: Path, exts: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, tuple[Path, str]]]:
+def _stems(folder: Path, exts: tuple[str, ...],
+           duplicates: dict[str, str] | None = None) -> tuple[dict[str, Path], dict[str, tuple[Path, str]]]:
     """Usable files by stem, and the unusable ones (a directory, a FIFO, a dangling
     symlink, an empty file... named like a data file) by stem with the reason.
-    Only metadata is read: nothing here opens a file."""
-    out, bad = {}, {}
+    Only metadata is read: nothing here opens a file. Two files of one stem (``a.jpg``,
+    ``a.JPG``): the first by name is kept, ``duplicates[stem]`` says so."""
+    out, bad, seen = {}, {}, {}
     with os.scandir(folder) as it:
-        for entry in it:
-            stem, ext = os.path.splitext(entry.name)
-            if ext.lower() in exts and not entry.name.startswith("."):
-                problem = file_problem(entry.path)
-                if problem:
-                    bad[stem] = (Path(entry.path), problem)
-                else:
-                    out[stem] = Path(entry.path)
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        stem, ext = os.path.splitext(entry.name)
+        if ext.lower() in exts and not entry.name.startswith("."):
+            if stem in seen:
+                if duplicates is not None:
+                    duplicates[stem] = f"{folder}: {stem} is stored twice ({seen[stem]}, {entry.name}); {seen[stem]} is used"
+                continue
+            seen[stem] = entry.name
+            problem = file_problem(entry.path)
+            if problem:
+                bad[stem] = (Path(entry.path), problem)
+            else:
+                out[stem] = Path(entry.path)
     return out, bad
 
 

@@ -10,7 +10,7 @@ from tabulate import tabulate
 from ..errors import DataError, one_line
 from ..labels import CLASS_NAMES, IGNORE
 from .cache import PreparedSplit, prepare
-from .layout import SPLITS, detect_layout
+from .layout import SPLITS, detect_layout, split_overlap
 
 SPECIES = {1: "cat", 2: "dog"}
 
@@ -33,7 +33,8 @@ def split_stats(sp: PreparedSplit) -> dict:
 
 
 def check_report(root: Path, void: str = "nearest", cache_dir: Path | None = None) -> tuple[str, bool]:
-    """The report text and whether the data is usable: the test split has usable images.
+    """The report text and whether the data is usable: the test split has usable images
+    and no name is in both splits.
 
     A folder with test images but no usable trainval image (or no trainval split at
     all) is usable for evaluation: the report says training is not possible. A split
@@ -56,6 +57,12 @@ def check_report(root: Path, void: str = "nearest", cache_dir: Path | None = Non
     for name, reason in unlisted.items():
         lines.append(f"{name}: not listed: {reason}")
     for name, sp in splits.items():
+        lines += [f"warning: {d}" for d in sp.duplicates]
+    both = split_overlap(root)
+    if both:
+        lines.append(f"leak: {len(both)} name(s) are listed in both trainval and test "
+                     f"({', '.join(both[:5])}{' ...' if len(both) > 5 else ''}): test images must not be trained on")
+    for name, sp in splits.items():
         if sp.absent:
             lines.append(f"{name}: {len(sp.absent)} names in the split file have neither image nor mask on disk "
                          f"(a partial copy?), e.g. {', '.join(sp.absent[:3])}")
@@ -74,10 +81,12 @@ def check_report(root: Path, void: str = "nearest", cache_dir: Path | None = Non
         lines.append(tabulate([[n, "/".join(map(str, s["height"])), "/".join(map(str, s["width"]))]
                                for n, s in stats.items()], headers=["split", "height", "width"]))
     n_usable = {name: stats[name]["usable"] if name in stats else 0 for name in SPLITS}
-    usable = n_usable["test"] > 0
+    usable = n_usable["test"] > 0 and not both
     if n_usable["trainval"] == 0 and usable:
         lines += ["", "no trainval images: training is not possible; evaluation is"]
-    if not usable:
+    if both:
+        lines += ["", "unusable: trainval and test overlap (see 'leak' above); remove those names from one split list"]
+    elif not usable:
         also = "; training is" if n_usable["trainval"] > 0 else ""
         lines += ["", f"unusable: no usable image in test: evaluation is not possible{also}"]
         if n_usable["trainval"] == 0:

@@ -18,8 +18,10 @@ import torch
 from ..errors import PetsegError, one_line, os_error_text
 
 FORMAT = "petseg-bench-checkpoint"
-#: 2: model-specific settings live in ``model_config["options"]``; 1 had them as flat fields.
-FORMAT_VERSION = 2
+#: 3: base_channels and dropout are options of the models that use them (2 had them as
+#: generic fields); 2: model-specific settings live in ``model_config["options"]``; 1 had
+#: them as flat fields.
+FORMAT_VERSION = 3
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
@@ -92,8 +94,33 @@ def load(path: Path, expect_model: str | None = None) -> dict[str, Any]:
         raise PetsegError(f"checkpoint {path} has format {data['format_version']}; this petseg-bench reads up to {FORMAT_VERSION}")
     check_structure(data, path)
     if expect_model is not None and data.get("model") != expect_model:
-        raise PetsegError(f"checkpoint {path} is for model {data.get('model')!r}, not {expect_model!r}")
+        raise PetsegError(f"checkpoint {path} holds model {data.get('model')!r}, not {expect_model!r} "
+                          f"(a checkpoint of another model copied into {expect_model}'s place?)")
     return data
+
+
+def folder_model(path: Path) -> str | None:
+    """The model a checkpoint's folder claims (``OUT/<model>/best.pt``): the folder's name
+    when it is an installed model's, else None."""
+    from ..plugins import get_registry
+
+    name = Path(path).parent.name
+    return name if name in get_registry().table("model") else None
+
+
+def check_dtypes(state: dict[str, Any], expected: dict[str, Any], path: Path, model: str) -> None:
+    """Every stored tensor of the kind the model holds there: a float weight stored as
+    integers (or the reverse) would be cast silently by ``load_state_dict``."""
+    for name, want in expected.items():
+        got = state.get(name)
+        if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor) and got.dtype != want.dtype:
+            if got.dtype not in _FLOATS or want.dtype not in _FLOATS:  # float widths may differ (bf16 saved)
+                raise PetsegError(f"checkpoint {path} does not fit model {model}: {name} is {_kind(got.dtype)}, "
+                                  f"the model holds {_kind(want.dtype)} there")
+
+
+def _kind(dtype: torch.dtype) -> str:
+    return f"{'floating-point' if dtype in _FLOATS else 'non-float'} ({str(dtype).replace('torch.', '')})"
 
 
 #: What each field of a checkpoint must be (None is allowed where a field is optional).
@@ -122,14 +149,18 @@ def check_structure(data: dict[str, Any], path: Path) -> None:
 
 
 def model_config(data: dict[str, Any], spec, path: Path):
-    """The checkpoint's :class:`ModelConfig`, validated by the model's spec; a format-1
-    config (model settings as flat fields) is upgraded on the way."""
-    from ..specs import GENERIC_FIELDS, ModelConfig
+    """The checkpoint's :class:`ModelConfig`, validated by the model's spec; an older
+    config is upgraded on the way: format 1 held the model settings as flat fields, format 2
+    the former generic fields (base_channels, dropout) that are options now."""
+    from ..specs import FORMER_FIELDS, GENERIC_FIELDS
 
     raw = dict(data.get("model_config") or {})
     options = dict(raw.pop("options", None) or {})
     generic = {k: raw.pop(k) for k in list(raw) if k in GENERIC_FIELDS}
-    if data.get("format_version", 1) < 2:
+    version = data.get("format_version", 1)
+    if version < 3:
+        options = {**{k: raw.pop(k) for k in FORMER_FIELDS if k in raw}, **options}
+    if version < 2 or (version < 3 and not raw):
         options.update(raw)  # every other format-1 field was a model setting
         if spec.upgrade is not None:
             options = spec.upgrade(options)

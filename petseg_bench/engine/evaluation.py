@@ -11,10 +11,11 @@ import numpy as np
 from tabulate import tabulate
 
 from ..config import check_seed
-from ..data.breeds import BreedGroups, breed_counts, breed_scores
-from ..data.cache import prepare
+from ..data.breeds import breed_scores, training_breeds
+from ..data.cache import prepare, refuse_changed
 from ..data.layout import list_split, refuse_overlap
 from ..data.split import limit as limit_positions
+from ..data.split import validation_split
 from ..errors import ModelRunError, PetsegError
 from ..labels import CLASS_NAMES
 from ..metrics import REDUCTIONS, summarize
@@ -40,10 +41,15 @@ class EvalJob:
     seed: int = 0
     void: str | None = None  # None: the mode the checkpoint was trained with
     allow_overlap: bool = False  # test images also in trainval: evaluation-only data, recorded
+    #: "test", or "val": the checkpoint's validation part of trainval (its seed, fraction and
+    #: val_limit, as its training validated), where settings are chosen without the test split
+    split: str = "test"
 
     def validate(self) -> None:
         if self.void not in (None, "nearest", "ignore"):
             raise PetsegError(f"--void must be nearest or ignore, got {self.void!r}")
+        if self.split not in ("test", "val"):
+            raise PetsegError(f"--split must be test or val, got {self.split!r}")
         if self.limit is not None and self.limit < 1:
             raise PetsegError(f"--limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
@@ -58,11 +64,15 @@ def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda messag
                         expect_model=folder_model(job.checkpoint))  # OUT/<model>/best.pt claims <model>
     info = pr.info
     void = job.void or (info.get("train_config") or {}).get("void", "nearest")
-    test = prepare(job.data_root, "test", void, job.cache_dir)
-    if len(test) == 0:
-        raise PetsegError(f"test split at {job.data_root} has no usable image")
+    if job.split == "val":
+        test, positions = validation_part(job, info, void)
+    else:
+        test = prepare(job.data_root, "test", void, job.cache_dir)
+        if len(test) == 0:
+            raise PetsegError(f"test split at {job.data_root} has no usable image")
+        positions = np.arange(len(test))
     note_dropped(test, log)
-    positions = limit_positions(np.arange(len(test)), job.limit, job.seed)
+    positions = limit_positions(positions, job.limit, job.seed)
     t0 = time.perf_counter()
     try:
         cms = inference_on_dataset({"m": pr}, clean_batches(test, positions, {"m": pr}, job.batch_size))["m"]
@@ -72,7 +82,7 @@ def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda messag
     return {
         "model": info["model"],
         "checkpoint": str(job.checkpoint),
-        "split": "test",
+        "split": job.split,
         "void": void,
         "backbone": info.get("backbone"),
         "encoder": info.get("encoder"),
@@ -88,9 +98,21 @@ def evaluate_checkpoint(job: EvalJob, log: Callable[[str], None] = lambda messag
     }
 
 
-def training_breeds(data_root: Path) -> BreedGroups:
-    """The breed groups of the labelled training split (trainval's usable images)."""
-    return BreedGroups(breed_counts(s.name for s in list_split(data_root, "trainval").samples))
+def validation_part(job: EvalJob, info: dict, void: str):
+    """(prepared trainval, the validation positions the checkpoint's training used), or
+    one line when they cannot be rebuilt (no training settings, other trainval data)."""
+    cfg = info.get("train_config")
+    if not isinstance(cfg, dict) or not info.get("data_fingerprint"):
+        raise PetsegError(f"--split val: {job.checkpoint} records no training settings and data fingerprint, "
+                          f"so its validation part cannot be rebuilt")
+    trainval = prepare(job.data_root, "trainval", void, job.cache_dir)
+    refuse_changed(trainval, info["data_fingerprint"], f"--split val: {job.checkpoint} was trained")
+    try:
+        _, val = validation_split(trainval.species, float(cfg.get("val_fraction", 0.1)), int(cfg.get("seed", 0)))
+        val = limit_positions(val, cfg.get("val_limit"), int(cfg.get("seed", 0)))
+    except (TypeError, ValueError) as exc:
+        raise PetsegError(f"--split val: {job.checkpoint}'s training settings are unusable ({exc})") from None
+    return trainval, val
 
 
 def format_summary(result: dict) -> str:

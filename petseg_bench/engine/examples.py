@@ -25,11 +25,12 @@ from ..data.letterbox import Letterbox
 from ..errors import one_line
 from ..perturbation import perturb_clicks
 from ..provenance import file_sha256
+from ..run_record import RunRecord
 from ..specs import PerturbationSpec
 from .inference import make_batch
 from .predictor import Predictor, load_predictor, restore
 from .runtime import Runtime
-from .sweep import applies
+from .groups import applies
 
 
 @dataclass(frozen=True)
@@ -41,21 +42,23 @@ class ExampleMasks:
     clicks: list[tuple[int, int]] | None = None
 
 
-def example_runtime(run: Mapping) -> Runtime:
+def example_runtime(run: RunRecord | Mapping) -> Runtime:
     """The run's precision where this machine can run it (bf16 or fp32), else the default."""
-    precision = run.get("precision")
+    precision = RunRecord.of(run).precision
     try:
         return Runtime.choose("auto", precision if precision in ("fp32", "bf16") else "auto")
     except Exception:  # noqa: BLE001 - a run record from another kind of machine
         return Runtime.choose()
 
 
-def load_run_models(run: Mapping, runtime: Runtime | None = None) -> tuple[dict[str, Predictor], dict[str, str]]:
+def load_run_models(run: RunRecord | Mapping, runtime: Runtime | None = None
+                    ) -> tuple[dict[str, Predictor], dict[str, str]]:
     """(model -> predictor, model -> why it has no masks) for every model of the run record."""
+    run = RunRecord.of(run)
     runtime = runtime or example_runtime(run)
     loaded: dict[str, Predictor] = {}
     problems: dict[str, str] = {}
-    for name in run.get("models") or []:
+    for name in run.models:
         found = load_run_model(run, name, runtime)
         if isinstance(found, str):
             problems[name] = found
@@ -64,15 +67,16 @@ def load_run_models(run: Mapping, runtime: Runtime | None = None) -> tuple[dict[
     return loaded, problems
 
 
-def load_run_model(run: Mapping, name: str, runtime: Runtime) -> Predictor | str:
+def load_run_model(run: RunRecord, name: str, runtime: Runtime) -> Predictor | str:
     """The predictor of ``name`` from the checkpoint its run used, or why there is none."""
-    recorded = ((run.get("model_info") or {}).get(name) or {}).get("checkpoint")
+    info = run.info(name)
+    recorded = info.checkpoint if info is not None else None
     if not recorded:
         return "the run records no checkpoint for it"
     path = Path(recorded)
     if not path.is_file():
         return f"its checkpoint {path} is missing"
-    sha = (run.get("checkpoints") or {}).get(name)
+    sha = run.checkpoints.get(name)
     try:
         if sha and file_sha256(path) != sha:
             return f"its checkpoint {path} has changed since the run (sha256 {file_sha256(path)}, the run's {sha})"

@@ -1,7 +1,8 @@
 """Training hooks, one concern each (as detectron2's ``engine/hooks.py``).
 
-``after_epoch`` hooks decide (validation, best tracking, early stopping) in list order;
-``after_record`` hooks act on the settled epoch (checkpoints, logs). The metrics row
+``after_epoch`` hooks decide (validation, best tracking, early stopping) in list order,
+early stopping by returning its decision; ``after_record`` hooks act on the settled
+epoch (checkpoints, logs). The metrics row
 is written before last.pt, so a kill between the two loses nothing: a resume drops
 rows past the epoch last.pt holds.
 """
@@ -72,7 +73,7 @@ class TrackBest(HookBase):
             return
         st = loop.state
         if loop.row["val_miou"] > st.best:
-            st.best, st.bad_epochs, loop.improved = loop.row["val_miou"], 0, True
+            st.best, st.bad_epochs = loop.row["val_miou"], 0  # loop.improved reads this
         else:
             st.bad_epochs += 1
 
@@ -83,9 +84,8 @@ class EarlyStopping(HookBase):
     def __init__(self, patience: int):
         self.patience = patience
 
-    def after_epoch(self, loop: TrainLoop) -> None:
-        if self.patience and "val_miou" in loop.row and loop.state.bad_epochs >= self.patience:
-            loop.stop = True
+    def after_epoch(self, loop: TrainLoop) -> bool:
+        return bool(self.patience and "val_miou" in loop.row and loop.state.bad_epochs >= self.patience)
 
 
 class BestCheckpoint(HookBase):

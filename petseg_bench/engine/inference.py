@@ -37,18 +37,20 @@ class Batch:
     labels: list[np.ndarray]
     #: input size -> (uint8 [B, 3, S, S], geometries, clicks [B, 2] or None)
     boxed: dict[int, tuple[torch.Tensor, list[Letterbox], torch.Tensor | None]]
+    #: the images' ids (an attack seeds its generators by them)
+    ids: list[str] | None = None
 
 
 def make_batch(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], sizes: Iterable[int],
                clicks: bool, moves: np.ndarray | None = None,
-               placed: Mapping[int, np.ndarray] | None = None) -> Batch:
+               placed: Mapping[int, np.ndarray] | None = None, ids: Sequence[str] | None = None) -> Batch:
     """Letterbox ``images`` once per size (and place the evaluation clicks when asked,
     moved by ``moves``, displacements in original pixels: see :func:`letterbox_batch`;
     ``placed``: per size the unmoved clicks when already known)."""
     labels = list(labels)
     return Batch(labels, {s: letterbox_batch(images, s, labels if clicks else None, moves,
                                              None if placed is None else placed.get(s))
-                          for s in sorted(set(sizes))})
+                          for s in sorted(set(sizes))}, None if ids is None else list(ids))
 
 
 def prefetch(make: Callable[[T], Batch], items: Sequence[T], background: bool = True) -> Iterator[Batch]:
@@ -81,8 +83,11 @@ def overlaps(predictors: Mapping[str, Predictor]) -> bool:
 
 
 def inference_on_dataset(predictors: Mapping[str, Predictor], batches: Iterable[Batch],
-                         on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Per-image confusion matrices ``[N, C, C]`` of every predictor over ``batches``."""
+                         on_batch: Callable[[int], None] | None = None, attack: Callable | None = None
+                         ) -> dict[str, np.ndarray]:
+    """Per-image confusion matrices ``[N, C, C]`` of every predictor over ``batches``.
+    ``attack(model, predictor, images, boxes, points, labels, ids) -> logits``, if given,
+    replaces each predictor's forward (an attack computed per model, :mod:`.attack`)."""
     scored: dict[str, list] = {name: [] for name in predictors}  # per batch: its matrices, or their future
     overlap = overlaps(predictors)
     with ThreadPoolExecutor(1) as post:
@@ -90,7 +95,9 @@ def inference_on_dataset(predictors: Mapping[str, Predictor], batches: Iterable[
             cache = FeatureCache()  # one backbone pass per batch, shared by the models on it
             for name, pr in predictors.items():
                 images, boxes, points = batch.boxed[pr.config.in_size]
-                logits = pr.logits(images, points if pr.needs_clicks else None, cache)
+                pts = points if pr.needs_clicks else None
+                logits = pr.logits(images, pts, cache) if attack is None else \
+                    attack(name, pr, images, boxes, pts, batch.labels, batch.ids)
                 args = (logits, boxes, batch.labels, pr.config.n_classes)
                 scored[name].append(post.submit(score, *args) if overlap else score(*args))
                 if on_batch is not None:

@@ -29,6 +29,8 @@ from ..atomic import remove_stale_temp_files
 from ..errors import PetsegError, os_error_text, write_error
 
 LOCK_FILE = ".petseg-lock"
+#: Sub-folders of a run folder whose stale temporary files a new writer removes.
+RUN_FOLDERS = ("", "cells/*", "plots")
 
 _held: dict[tuple[str, int], int] = {}  # (folder, thread) -> depth
 _guard = threading.Lock()

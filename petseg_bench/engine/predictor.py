@@ -17,15 +17,15 @@ import numpy as np
 import torch
 
 from ..backbones import Backbone, FeatureCache, load_backbone
-from ..data.clicks import eval_click
+from ..bn_fold import fold_batchnorm
+from ..data.points import eval_click
 from ..data.letterbox import Letterbox
-from ..errors import ModelRunError, PetsegError, call_plugin
+from ..errors import PLUGIN_FAILURES, ModelRunError, PetsegError, call_plugin
 from ..plugins import get_registry
 from ..specs import ModelConfig, ModelSpec
 from . import checkpoint
-from .bn_fold import fold_batchnorm
 from .inputs import model_inputs
-from .runtime import Runtime, in_parallel
+from .runtime import Runtime, compiled, in_parallel
 
 
 @dataclass
@@ -61,17 +61,26 @@ class Predictor:
         return "point" in self.spec.inputs
 
     def compile(self, batch_size: int) -> None:
-        """Compile the forward (torch.compile): slower first batch, faster after."""
-        self.forward = torch.compile(self.model, dynamic=False)
+        """Compile the forward (torch.compile): slower first batch, faster after; the kernels
+        are kept for later runs (``runtime.compiled``)."""
+        self.forward = compiled(self.model)
         self.pad_to = min(batch_size, self.slice_size)
 
     @torch.no_grad()
     def logits(self, images_u8: torch.Tensor, points: torch.Tensor | None = None,
                cache: FeatureCache | None = None) -> torch.Tensor:
-        """Letterboxed uint8 batch ``[B, 3, S, S]`` -> float logits ``[B, C, S, S]``."""
+        """Letterboxed uint8 batch ``[B, 3, S, S]`` -> float logits ``[B, C, S, S]``, in eval
+        mode; a module in train mode (the training loop validates between epochs) is put
+        back in it afterwards, as detectron2's ``inference_context`` does."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            return self._logits(images_u8, points, cache)
+        finally:
+            self.model.train(training)
+
+    def _logits(self, images_u8: torch.Tensor, points: torch.Tensor | None, cache: FeatureCache | None) -> torch.Tensor:
         rt = self.runtime
-        if self.model.training:  # the training loop validates between epochs: never in train mode
-            self.model.eval()
         images_u8 = images_u8.to(rt.device, non_blocking=True)
         try:
             inputs = model_inputs(self.spec, images_u8, points, self.backbone, cache or FeatureCache(), rt.autocast)
@@ -85,7 +94,7 @@ class Predictor:
                     outs.append(self.forward(**part)[:n].float())
         except PetsegError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a plugin's forward (or backbone) failing: one line naming it
+        except PLUGIN_FAILURES as exc:  # a plugin's forward (or backbone) failing, sys.exit too: one line naming it
             raise ModelRunError.from_exception(self.spec.name, exc) from None
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -134,6 +143,7 @@ def load_weights(spec: ModelSpec, model: torch.nn.Module, state: dict, path: Pat
     bad = checkpoint.nonfinite(state)
     if bad[0]:
         raise PetsegError(f"checkpoint {path} is unusable: {checkpoint.describe_nonfinite(bad)}")
+    checkpoint.check_dtypes(state, model.state_dict(), path, spec.name)  # load_state_dict would cast them
     try:
         result = model.load_state_dict(state, strict=False)
     except (RuntimeError, TypeError, ValueError, AttributeError) as exc:  # shapes that do not fit, odd values
@@ -149,10 +159,37 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+def file_predictor(path: Path, runtime: Runtime | None, expect_model: str | None) -> Predictor | None:
+    """A Predictor for a model file (``expect_model`` a model-file key, or ``path`` an
+    ONNX/TorchScript file); None when ``path`` is an ordinary checkpoint."""
+    from ..families import file_config, sniff_model_file
+    from ..plugins import is_model_file
+
+    if expect_model is not None:
+        if not is_model_file(expect_model):
+            return None
+        key = expect_model
+    else:
+        kind = sniff_model_file(path)
+        if kind is None:
+            return None
+        key = f"{kind}:{path}"
+    spec = get_registry().get("model", key)
+    config = file_config(spec, {})
+    runtime = runtime or Runtime.choose()
+    model = build_model(spec, config, runtime)
+    info = {"model": key, "model_config": config.to_dict(), "file": str(path), "encoder": None}
+    return Predictor(model, spec, config, runtime, info=info)
+
+
 def load_predictor(path: Path, runtime: Runtime | None = None, expect_model: str | None = None,
                    fold_bn: bool = True) -> Predictor:
     """Checkpoint -> a Predictor: weights loaded, BatchNorm folded into the convolutions,
-    the frozen backbone (if any) attached; ``info`` holds the checkpoint's metadata."""
+    the frozen backbone (if any) attached; ``info`` holds the checkpoint's metadata.
+    A model file (``onnx:``/``torchscript:``, see :mod:`petseg_bench.families`) loads as it is."""
+    found = file_predictor(Path(path), runtime, expect_model)
+    if found is not None:
+        return found
     data = checkpoint.load(path, expect_model)
     try:
         spec = get_registry().get("model", data.get("model"))

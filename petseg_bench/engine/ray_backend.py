@@ -3,9 +3,11 @@
 This process does everything it does for a local sweep (checks, locks, run.json, every
 cell write, so ``--resume``, ``report`` and ``check`` see the same folder); only the
 groups run elsewhere: one Ray task per group, computed by the engine's own
-:func:`~.sweep.compute_group`. A worker process loads the models, their backbones and
-the test split once (:func:`~.sweep.load_sweep_data`, cached by the sweep's
-:class:`~.sweep.SweepSource`) and keeps them for every later group it gets. A task
+:func:`~.groups.compute_group`. A worker process loads the models, their backbones and
+the test split once (:func:`~.groups.load_sweep_data`, cached by the sweep's
+:class:`~.groups.SweepSource`) and keeps them for every later group it gets.
+:class:`RayBackend` is a :class:`~.backend.Backend`: the sweep calls it as it calls the
+local one, and this module needs nothing of the sweep but :mod:`.groups`. A task
 returns its confusion matrices; the cells are written here, atomically, as tasks finish.
 
 A worker that dies mid-task (killed, out of memory, its node lost) costs only its
@@ -16,7 +18,9 @@ file system), and compute on one kind of device: every group reports where it ra
 a group computed on another kind than the run records stops the sweep.
 
 Ray is optional (``pip install 'petseg-bench[ray]'``). Without ``--address`` a local
-Ray is started (and stopped); an ``--address`` that does not answer is one line within
+Ray is started (and stopped), its workers at the niceness ``--ray-niceness`` gives
+(default 0, this process's own priority: Ray's default of +15 made the sweep 14x slower
+on a machine with other work); an ``--address`` that does not answer is one line within
 :data:`CONNECT_TIMEOUT_S` seconds, never a hang. A Ray that this process already runs
 (``ray.init`` by a caller) is used as it is.
 """
@@ -27,12 +31,15 @@ import os
 import socket
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..errors import PetsegError, one_line, os_error_text
 
-if TYPE_CHECKING:  # the sweep (and torch) load when a backend starts, not for check_address
-    from .sweep import GroupResult, SweepData, SweepJob, SweepSource
+if TYPE_CHECKING:  # the groups (and torch) load when a backend starts, not for check_address
+    from ..run_record import RuntimeFacts
+    from .groups import GroupResult, SweepData, SweepSource
+    from .plan import SweepJob
 
 INSTALL = "pip install 'petseg-bench[ray]'"
 #: How often Ray runs a group again whose worker died.
@@ -46,6 +53,9 @@ _reachable: set[str] = set()
 #: Environment the workers of an existing cluster get from this process.
 PASSED_ENV = ("PETSEG_CACHE", "HF_HUB_OFFLINE", "NO_ALBUMENTATIONS_UPDATE")
 PROBE = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.cluster_resources(); ray.shutdown()"
+#: Ray's own setting of its workers' niceness (an increment on the raylet's), read from
+#: the environment by the raylet that ``ray.init`` starts.
+NICENESS_ENV = "RAY_worker_niceness"
 
 
 def import_ray():
@@ -62,7 +72,7 @@ class RayBackend:
     def __init__(self, job: SweepJob, log: Callable[[str], None]):
         self.ray = import_ray()
         self.job, self.log, self.source = job, log, None
-        self.owns = connect(self.ray, job.address)
+        self.owns = connect(self.ray, job.address, job.ray_niceness)
         try:
             self.gpus = gpus_per_task(self.ray, job.device)
             self.runtime = self.call(runtime_on_worker, job.device, job.precision, what="probing a Ray worker")
@@ -71,7 +81,7 @@ class RayBackend:
             raise
         nodes = len([n for n in self.ray.nodes() if n.get("Alive")])
         log(f"ray: {nodes} node(s), {self.ray.cluster_resources().get('CPU', 0):g} CPUs; a group task takes "
-            f"{job.cpus_per_task} CPU(s){' and 1 GPU' if self.gpus else ''}; workers compute on {self.runtime['runtime']}")
+            f"{job.cpus_per_task} CPU(s){' and 1 GPU' if self.gpus else ''}; workers compute on {self.runtime.runtime}")
 
     def __enter__(self) -> "RayBackend":
         return self
@@ -130,15 +140,17 @@ class RayBackend:
                               f"{one_line(exc, 160)}); finished cells are kept: continue with --resume") from None
 
     def check_runtime(self, result: GroupResult, group: tuple[str, int]) -> None:
-        want = (self.runtime["device"], self.runtime["precision"])
+        want = (self.runtime.device, self.runtime.precision)
         if result.runtime is not None and tuple(result.runtime) != want:
             raise PetsegError(f"group ({group[0]}, level {group[1]}) ran on {', '.join(result.runtime)}, not "
                               f"{', '.join(want)} as the run records: one sweep needs one kind of machine "
                               f"(run one --shard per kind)")
 
 
-def connect(ray, address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this call did (and so shuts it down)."""
+def connect(ray, address: str | None, niceness: int = 0) -> bool:
+    """Connect to (or start) Ray; True when this call did (and so shuts it down). A local
+    Ray's workers run at ``niceness`` above this process (a cluster's, at what its nodes
+    were started with)."""
     if ray.is_initialized():
         return False
     if address:
@@ -148,11 +160,29 @@ def connect(ray, address: str | None) -> bool:
     else:
         kwargs = {"include_dashboard": False}
     try:
-        ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
+        with environment(NICENESS_ENV, None if address else str(niceness)):
+            ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray raises many kinds
         where = f"--address {address}" if address else "starting a local Ray"
         raise PetsegError(f"{where}: {type(exc).__name__}: {one_line(exc, 200)}") from None
     return True
+
+
+@contextmanager
+def environment(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name] = value`` while the block runs (nothing changed for None)."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def check_address(address: str | None) -> None:
@@ -214,7 +244,7 @@ def worker_data(src: SweepSource, cpus: int) -> SweepData:
     """The sweep's shared data in this worker process, loaded on its first task."""
     import torch
 
-    from .sweep import load_sweep_data
+    from .groups import load_sweep_data
 
     torch.set_num_threads(max(1, cpus))
     if src not in _loaded:
@@ -223,21 +253,21 @@ def worker_data(src: SweepSource, cpus: int) -> SweepData:
     return _loaded[src]
 
 
-def runtime_on_worker(device: str, precision: str) -> dict:
+def runtime_on_worker(device: str, precision: str) -> RuntimeFacts:
+    from .groups import runtime_facts
     from .runtime import Runtime
-    from .sweep import runtime_facts
 
     return runtime_facts(Runtime.choose(device, precision))
 
 
 def load_on_worker(src: SweepSource, cpus: int) -> dict[str, dict]:
-    from .sweep import loaded_models
+    from .groups import loaded_models
 
     return loaded_models(worker_data(src, cpus), src)
 
 
 def group_on_worker(src: SweepSource, cpus: int, pert: str, level: int, models: list[str]) -> GroupResult:
-    from .sweep import compute_group
+    from .groups import compute_group
 
     data = worker_data(src, cpus)
     result = compute_group(data, pert, level, models)

@@ -8,6 +8,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
@@ -78,6 +79,34 @@ class Runtime:
         takes cores and the GIL from the forward's threads and slows both, so the work
         runs between forwards instead, split over the same threads (:func:`in_parallel`)."""
         return self.device.type != "cpu"
+
+
+def compile_cache_dir() -> Path:
+    """Where torch.compile keeps its compiled kernels between runs: ``inductor`` beside the
+    prepared-data cache (PETSEG_CACHE), unless TORCHINDUCTOR_CACHE_DIR names another folder
+    (not torch's own /tmp default, which importing inductor writes into that variable)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+
+    from ..data.cache import default_cache_dir
+
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if given and os.path.abspath(given) != os.path.abspath(torch_default()):
+        return Path(given)
+    return default_cache_dir().parent / "inductor"
+
+
+def compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(module)`` (inductor, static shapes) with its graphs and kernels kept
+    in :func:`compile_cache_dir`, so a second run loads them instead of compiling again.
+    Lazy: the compile happens at the first call."""
+    folder = compile_cache_dir()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # read by inductor when it first compiles
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True  # the forward and backward graphs' kernels
+    functorch_config.enable_autograd_cache = True  # the joint forward+backward graph itself
+    return torch.compile(module, dynamic=False)
 
 
 T = TypeVar("T")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from ..errors import PetsegError
-from ..results import CLEAN, shard_dir
+from ..results import RunRecord, all_groups, owned_groups, shard_dir  # noqa: F401 - all_groups: the shards' order
 from .lock import folder_lock
 
 _SPEC = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
@@ -47,7 +47,7 @@ class Shard:
 
     def owned(self, groups: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
         """This shard's groups among all of a sweep's (see :func:`all_groups`)."""
-        return {g for k, g in enumerate(groups) if k % self.count == self.index}
+        return owned_groups(groups, self.index, self.count)
 
 
 def parse_shard(text: str | None) -> Shard | None:
@@ -65,11 +65,6 @@ def parse_shard(text: str | None) -> Shard | None:
     return Shard(index, count)
 
 
-def all_groups(perturbations: Sequence[str], levels: dict[str, list[int]]) -> list[tuple[str, int]]:
-    """Every (perturbation, level) group of a sweep in the shards' fixed order."""
-    return [(CLEAN, 0)] + [(p, lv) for p in sorted(perturbations) for lv in sorted(levels.get(p, []))]
-
-
 @contextmanager
 def run_lock(run_dir: Path, shard: Shard | None, scan: Sequence[str], log: Callable[[str], None] | None = None
              ) -> Iterator[Path]:
@@ -85,15 +80,15 @@ def run_lock(run_dir: Path, shard: Shard | None, scan: Sequence[str], log: Calla
         yield Path(run_dir)
 
 
-def shard_of(record: dict) -> Shard | None:
+def shard_of(record: RunRecord) -> Shard | None:
     """The shard a run record was made for (None: a full run, or a merged one)."""
-    spec = record.get("shard")
+    spec = record.shard
     if not isinstance(spec, dict):
         return None
     return Shard(int(spec.get("index", 0)), int(spec.get("count", 1)))
 
 
-def check_shard_counts(mine: Shard | None, others: dict[str, dict]) -> None:
+def check_shard_counts(mine: Shard | None, others: dict[str, RunRecord]) -> None:
     """Shards of one folder split the sweep the same way: one count N for all."""
     for where, rec in others.items():
         theirs = shard_of(rec)

@@ -19,30 +19,33 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..backbones import Backbone
 from ..config import TrainConfig
-from ..data.cache import PreparedSplit, prepare
-from ..data.clicks import EVAL_CLICK_RULE
-from ..data.datasets import LetterboxedSet
+from ..data.cache import data_change, prepare
+from ..data.layout import refuse_overlap
+from ..data.points import EVAL_CLICK_RULE
+from ..data.datasets import JoinedSet, LetterboxedSet
+from ..data.pseudo import load_pseudo
 from ..data.unlabelled import UnlabelledSet, read_unlabelled
 from ..data.split import limit, validation_split
 from ..errors import PetsegError, one_line, write_error
+from ..families import model_dirname
+from ..plugins import refuse_training
 from ..plugins import get_registry
 from ..provenance import code_version
-from ..specs import ModelConfig, ModelSpec, Phase
+from ..specs import ModelSpec
 from . import checkpoint, hooks
 from .distributed import Dist, init_from_env
 from .dropped import note_dropped
 from .lock import folder_lock
-from .predictor import Predictor, attach_backbone, build_model, load_weights
+from .predictor import attach_backbone, build_model, load_weights
 from .runtime import Runtime
-from .train_loop import TrainLoop, TrainState
+from .train_loop import TrainContext, TrainLoop, TrainState
 
 #: Settings that do not change what is computed, so a resume may change them.
 RESUME_FREE = {"workers", "device"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainJob:
     """What to train: the model, the loop's config, the model's fields and options."""
 
@@ -71,54 +74,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-@dataclass
-class TrainContext:
-    """Everything the loop and its hooks share for one training run."""
-
-    name: str
-    spec: ModelSpec
-    mcfg: ModelConfig
-    cfg: TrainConfig
-    runtime: Runtime
-    model: torch.nn.Module
-    backbone: Backbone | None
-    prepared: PreparedSplit
-    train_set: LetterboxedSet
-    val_pos: np.ndarray
-    meta: dict
-    run_dir: Path
-    progress: Callable[[Iterable, str], Iterable] = lambda it, desc: it
-    extra_set: Dataset | None = None  # images without masks, for phases that need none
-    dist: Dist = field(default_factory=Dist)  # this process's rank among data-parallel ones
-
-    def __post_init__(self) -> None:
-        self.phases: list[Phase] = list(self.spec.phases)
-        if self.cfg.phase_epochs is not None:
-            if len(self.cfg.phase_epochs) != len(self.phases):
-                names = ", ".join(p.name for p in self.phases)
-                raise PetsegError(f"--phase-epochs gives {len(self.cfg.phase_epochs)} numbers but {self.spec.name} "
-                                  f"has {len(self.phases)} training phase(s): {names}")
-            self.budget = list(self.cfg.phase_epochs)
-        else:
-            self.budget = phase_epochs(self.cfg.epochs, [p.epochs_fraction for p in self.phases])
-        self.predictor = Predictor(self.model, self.spec, self.mcfg, self.runtime, self.backbone)
-        self.class_weights = torch.tensor(self.cfg.class_weights, dtype=torch.float32, device=self.runtime.device)
-        self.ce_weight = self.spec.loss.ce if self.cfg.ce_weight is None else self.cfg.ce_weight
-        self.dice_weight = self.spec.loss.dice if self.cfg.dice_weight is None else self.cfg.dice_weight
-
-    best_path = property(lambda self: self.run_dir / "best.pt")
-    last_path = property(lambda self: self.run_dir / "last.pt")
-    log_path = property(lambda self: self.run_dir / "metrics.jsonl")
-
-
-def phase_epochs(total: int, fractions: list[float]) -> list[int]:
-    """Split the epoch budget over phases by their fractions, each phase at least one epoch."""
-    weights = np.asarray(fractions, dtype=float)
-    counts = np.maximum(1, np.floor(total * weights / weights.sum()).astype(int))
-    counts[-1] = max(1, total - counts[:-1].sum())  # the last (segmentation) phase takes the rest
-    return counts.tolist()
-
-
 def train(job: TrainJob, log: Callable[[str], None] = print, progress: bool = False,
           on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``job`` into ``OUT/<model>``, holding that folder's lock throughout (under
@@ -141,7 +96,7 @@ def _train(job: TrainJob, dist: Dist, log: Callable[[str], None], progress: bool
     with ExitStack() as held:
         def start():
             if dist.is_main:
-                held.enter_context(folder_lock(Path(job.out_dir) / job.model, log=log))
+                held.enter_context(folder_lock(Path(job.out_dir) / model_dirname(job.model), log=log))
             refuse_existing_run(job)
             ctx = setup(job, progress, log, dist)
             return (ctx, *resume_state(ctx, job.resume, log))
@@ -163,7 +118,7 @@ def _train(job: TrainJob, dist: Dist, log: Callable[[str], None], progress: bool
                        float(np.median(speeds)) if speeds else float("nan"), state.history)
 
 
-def loop_hooks(job: TrainJob, ctx: "TrainContext", log: Callable[[str], None],
+def loop_hooks(job: TrainJob, ctx: TrainContext, log: Callable[[str], None],
                on_epoch_end: Callable[[int], None] | None) -> list:
     """The loop's hooks, in order; checkpoints and logs on rank 0 only."""
     out = [hooks.FiniteWeights(), hooks.Validation(), hooks.TrackBest(), hooks.EarlyStopping(job.cfg.patience)]
@@ -183,14 +138,14 @@ RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl")
 def refuse_existing_run(job: TrainJob) -> None:
     """A run of this model in OUT is continued (--resume) or replaced (--overwrite), never
     overwritten silently."""
-    run_dir = Path(job.out_dir) / job.model
+    run_dir = Path(job.out_dir) / model_dirname(job.model)  # smp:Unet:resnet18 -> smp+Unet+resnet18
     found = [n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()]
     if found and not (job.resume or job.overwrite):
         raise PetsegError(f"{run_dir} already holds a run of {job.model} ({', '.join(found)}): pass --resume to "
                           f"continue it, --overwrite to replace it, or choose another --out")
 
 
-def remove_run(ctx: "TrainContext", log: Callable[[str], None]) -> None:
+def remove_run(ctx: TrainContext, log: Callable[[str], None]) -> None:
     """--overwrite: the previous run's files go just before training starts (so a
     mistake in the options or the data, caught earlier, leaves them in place)."""
     gone = []
@@ -211,17 +166,20 @@ def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print, dis
     cfg, dist = job.cfg, dist or Dist()
     cfg.validate()
     dist.local_batch(cfg.batch_size)  # the global batch splits evenly over the processes
+    refuse_training(job.model)  # an onnx:/torchscript: file is evaluation-only
     spec = get_registry().get("model", job.model)
     mcfg = spec.config(job.model_fields, job.model_options, job.profile)
     check_loss_weights(spec, cfg)
     runtime = dist.runtime(Runtime.choose(cfg.device, cfg.precision))
     torch.set_float32_matmul_precision("high")
+    refuse_overlap(job.data_root)  # a test image trained on would inflate every later score
     prepared = prepare(job.data_root, "trainval", cfg.void, job.cache_dir, progress=progress)
     if len(prepared) < 2:
         raise PetsegError(f"trainval split at {job.data_root} has {len(prepared)} usable images; need at least 2")
     note_dropped(prepared, log)
     train_pos, val_pos = validation_split(prepared.species, cfg.val_fraction, cfg.seed)
     train_pos, val_pos = limit(train_pos, cfg.limit, cfg.seed), limit(val_pos, cfg.val_limit, cfg.seed)
+    pseudo = load_pseudo(cfg.pseudo, job.data_root, job.cache_dir, progress) if cfg.pseudo else None
     backbone = attach_backbone(spec, mcfg)
     model = build_model(spec, mcfg, runtime, cfg.seed)
     if backbone is not None:
@@ -233,14 +191,22 @@ def setup(job: TrainJob, progress: bool, log: Callable[[str], None] = print, dis
         "backbone": None if backbone is None else backbone.describe(), "encoder": spec.encoder_name(mcfg),
         "eval_click_rule": EVAL_CLICK_RULE if "point" in spec.inputs else None, "processes": dist.world,
     }
-    run_dir = Path(job.out_dir) / job.model
+    run_dir = Path(job.out_dir) / model_dirname(job.model)  # smp:Unet:resnet18 -> smp+Unet+resnet18
     train_set = LetterboxedSet(prepared, train_pos, mcfg.in_size, augment=cfg.augment, clicks="train",
                                seed=cfg.seed, salt_pepper=cfg.salt_pepper)
+    if pseudo is not None:  # the training part only: validation stays the labelled val_pos
+        meta["pseudo"] = pseudo.info
+        train_set = JoinedSet([train_set, LetterboxedSet(
+            pseudo.prepared, np.arange(len(pseudo.prepared)), mcfg.in_size, augment=cfg.augment, clicks="train",
+            seed=cfg.seed, salt_pepper=cfg.salt_pepper, stream=1)])
+        log(f"{job.model}: {len(pseudo.prepared)} pseudo-labelled images from {cfg.pseudo} join the "
+            f"{len(train_pos)} labelled training images (threshold {pseudo.info['threshold']})")
     extra = unlabelled_set(cfg, spec, job.data_root, mcfg.in_size, log)
     if extra is not None:
         meta["n_unlabelled"] = len(extra)
-    return TrainContext(job.model, spec, mcfg, cfg, runtime, model, backbone, prepared, train_set, val_pos, meta,
-                        run_dir, _progress_bar if progress else (lambda it, desc: it), extra, dist)
+    return TrainContext(name=job.model, spec=spec, mcfg=mcfg, cfg=cfg, runtime=runtime, model=model, backbone=backbone,
+                        prepared=prepared, train_set=train_set, val_pos=val_pos, meta=meta, run_dir=run_dir,
+                        progress=_progress_bar if progress else (lambda it, desc: it), extra_set=extra, dist=dist)
 
 
 def unlabelled_set(cfg: TrainConfig, spec: ModelSpec, data_root: Path, size: int,
@@ -259,8 +225,7 @@ def unlabelled_set(cfg: TrainConfig, spec: ModelSpec, data_root: Path, size: int
 
 def check_loss_weights(spec: ModelSpec, cfg: TrainConfig) -> None:
     """A segmentation phase with both loss weights at 0 would train on nothing."""
-    ce = spec.loss.ce if cfg.ce_weight is None else cfg.ce_weight
-    dice = spec.loss.dice if cfg.dice_weight is None else cfg.dice_weight
+    ce, dice = cfg.loss_weights(spec)
     if ce == 0 and dice == 0 and any(p.loss == "segmentation" for p in spec.phases):
         raise PetsegError(f"--ce-weight {ce:g} and --dice-weight {dice:g} leave model {spec.name} no loss to "
                           "train on; give one of them a weight > 0")
@@ -283,14 +248,20 @@ def resume_state(ctx: TrainContext, resume: bool, log: Callable[[str], None]) ->
     if not isinstance(saved.get("loop"), dict):
         raise PetsegError(f"--resume: {ctx.last_path} has no training state (a best.pt copied over it?)")
     saved_model = checkpoint.model_config(saved, ctx.spec, ctx.last_path).to_dict()
+    # a setting added since last.pt was written ran at its default there
+    saved_train = {**TrainConfig().to_dict(), **(saved.get("train_config") or {})}
     for what, old, now in (("model config", saved_model, ctx.meta["model_config"]),
-                           ("train config", saved.get("train_config") or {}, ctx.meta["train_config"])):
+                           ("train config", saved_train, ctx.meta["train_config"])):
         diff = _config_diff(old, now)
         if diff:
             raise PetsegError(f"--resume: {ctx.last_path} was trained with a different {what} ({'; '.join(diff[:3])})")
     if saved.get("data_fingerprint") != ctx.meta["data_fingerprint"]:
         raise PetsegError(f"--resume: {ctx.last_path} was trained on other data "
-                          f"(fingerprint {saved.get('data_fingerprint')} != {ctx.meta['data_fingerprint']})")
+                          f"({data_change(ctx.prepared, saved.get('data_fingerprint'))})")
+    was, now = (saved.get("pseudo") or {}).get("fingerprint"), (ctx.meta.get("pseudo") or {}).get("fingerprint")
+    if was != now:
+        raise PetsegError(f"--resume: {ctx.last_path} was trained on other pseudo-labelled images "
+                          f"(fingerprint {was} -> {now})")
     load_weights(ctx.spec, ctx.model, saved["state_dict"], ctx.last_path)
     try:
         torch.set_rng_state(saved["rng"])

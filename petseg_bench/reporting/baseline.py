@@ -10,12 +10,12 @@ and bf16, other CPUs: :func:`build_baseline`) and written as JSON (format 2)::
     {"format": 2, "reduction": "seed", "tolerance": 0.02, "n_runs": 3,
      "runs": [{"run_dir": "runs/s0", "seed": 0, "runtime": "cpu (...), bf16", "hardware": "...", ...}, ...],
      "levels": {"gaussian_noise": [1, 2, ..., 9], ...},
-     "models": {"unet": {"clean_mdice": 0.486, "perturbations": {"gaussian_noise": 0.481, ...}}},
-     "spread": {"unet": {"clean_mdice": {"runs": [0.49, 0.48, 0.488], "min": 0.48, "max": 0.49, "std": 0.0053},
-                         "perturbations": {"gaussian_noise": {...}, ...}}},
+     "models": {"my_model": {"clean_mdice": 0.486, "perturbations": {"gaussian_noise": 0.481, ...}}},
+     "spread": {"my_model": {"clean_mdice": {"runs": [0.49, 0.48, 0.488], "min": 0.48, "max": 0.49, "std": 0.0053},
+                             "perturbations": {"gaussian_noise": {...}, ...}}},
      "images": {"ids": ["Abyssinian_219", ...], "classes": ["background", "cat", "dog"]},
-     "per_image": {"unet": {"clean_mdice": [[0.91, 0.78, null], ...],
-                            "perturbations": {"gaussian_noise": [[...], ...]}}}}
+     "per_image": {"my_model": {"clean_mdice": [[0.91, 0.78, null], ...],
+                                "perturbations": {"gaussian_noise": [[...], ...]}}}}
 
 ``models`` holds each figure's mean over the runs (the shape of the old single-run
 baseline, so old tools and hand edits keep working); ``spread`` each figure's value in
@@ -38,7 +38,6 @@ run's images; otherwise the error names the file. See :mod:`.check` for the rule
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -48,8 +47,8 @@ import numpy as np
 from ..errors import PetsegError, one_line
 from ..labels import CLASS_NAMES
 from ..metrics import dice, divide, json_float
-from ..results import CLEAN, Cell, read_cell, read_run
-from .summary import SCORE_REDUCTION, curve_scores, mean_dice
+from ..results import CLEAN, Cell, RunRecord, cell_files, read_run, read_run_folder
+from .summary import SCORE_REDUCTION, _model_inputs, curve_scores, mean_dice
 
 FORMAT = 2
 DEFAULT_TOLERANCE = 0.02
@@ -57,7 +56,6 @@ DEFAULT_TOLERANCE = 0.02
 CLEAN_FIGURE = "clean_mdice"
 #: How closely a baseline's runs and per-image scores must reproduce its figure to be used.
 REPRODUCE_EPS = 1e-5
-_CELL_NAME = re.compile(r"^(?P<pert>.+)-L(?P<level>\d+)$")
 
 
 def figure_label(figure: str) -> str:
@@ -71,7 +69,7 @@ class RunFigures:
     """A run's figures, per-image scores and the cells it lacks."""
 
     run_dir: Path
-    record: dict
+    record: RunRecord
     ids: list[str]
     levels: dict[str, list[int]]  # perturbation -> the levels its figures average
     figures: dict[str, dict[str, float | None]] = field(default_factory=dict)  # model -> figure -> value
@@ -79,69 +77,27 @@ class RunFigures:
     missing: dict[tuple[str, str], list[Path]] = field(default_factory=dict)  # (model, figure) -> absent cells
 
 
-def _cell_from_path(path: Path) -> Cell:
-    if path.stem == CLEAN:
-        return Cell(path.parent.name, CLEAN, 0)
-    match = _CELL_NAME.match(path.stem)
-    if not match or int(match["level"]) == 0:
-        raise PetsegError(f"{path} is not a cell file name (clean.parquet or <perturbation>-L<level>.parquet)")
-    return Cell(path.parent.name, match["pert"], int(match["level"]))
-
-
-def _why_unreadable(run_dir: Path, cell: Cell) -> str:
-    """Why :func:`results.read_cell` refused a cell file that exists (for the error line)."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(cell.path(run_dir))
-        meta = json.loads((table.schema.metadata or {}).get(b"petseg_bench", b"{}"))
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        return f"is unreadable ({one_line(exc)})"
-    if not isinstance(meta, dict) or not meta:
-        return "has no petseg_bench metadata: not a cell written by the sweep"
-    if meta.get("model") != cell.model:
-        return f"holds a cell of model {meta.get('model')!r}, not of {cell.model!r} (its folder)"
-    if meta.get("perturbation") != cell.perturbation or meta.get("level") != cell.level:
-        return f"holds {meta.get('perturbation')} level {meta.get('level')}, not what its name says"
-    if meta.get("n_images") != table.num_rows:
-        return f"is truncated ({table.num_rows} rows, its metadata says {meta.get('n_images')})"
-    return "holds other images than the run's (run.json image_ids, or the run's other cells)"
-
-
-def read_cells(run_dir: Path, record: Mapping[str, Any]) -> tuple[list[str], dict[Cell, np.ndarray]]:
-    """(image ids, cell -> confusion matrices ``[N, C, C]``) of every cell file of a run;
-    a file that is not a readable cell of its folder's model, for the run's images, is an
-    error naming it, and so is a run with no cell at all."""
+def read_cells(run_dir: Path, record: RunRecord) -> tuple[list[str], dict[Cell, np.ndarray], list[Cell]]:
+    """(image ids, cell -> confusion matrices ``[N, C, C]``, the cells the record asks
+    for that are absent) of a run, every cell file checked against the record
+    (:func:`petseg_bench.results.read_run_folder`): anything off is an error naming the
+    file, and so is a run with no cell at all."""
     run_dir = Path(run_dir)
-    cells_dir = run_dir / "cells"
-    paths = sorted(cells_dir.glob("*/*.parquet"))
-    if not paths:
-        raise PetsegError(f"{cells_dir} holds no finished cell: nothing to check (run or resume the sweep first)")
-    ids = list(record["image_ids"]) if isinstance(record.get("image_ids"), list) else None
-    out: dict[Cell, np.ndarray] = {}
-    for path in paths:
-        cell = _cell_from_path(path)
-        try:
-            got = read_cell(run_dir, cell, ids)
-        except Exception as exc:  # noqa: BLE001 - a cell with the metadata but not the columns
-            raise PetsegError(f"{path} is not a readable cell ({one_line(exc)})") from None
-        if got is None:
-            raise PetsegError(f"{path} {_why_unreadable(run_dir, cell)}")
-        ids = ids if ids is not None else got[0]
-        out[cell] = got[1]
-    return ids, out
+    if not cell_files(run_dir):
+        raise PetsegError(f"{run_dir / 'cells'} holds no finished cell: nothing to check (run or resume the sweep first)")
+    folder = read_run_folder(run_dir, record, inputs=_model_inputs)
+    return list(record.image_ids), {c: d.cms for c, d in folder.cells.items()}, folder.missing
 
 
-def recorded_levels(record: Mapping[str, Any], perturbation: str) -> list[int] | None:
+def recorded_levels(record: RunRecord, perturbation: str) -> list[int] | None:
     """The perturbed levels the run record asked of ``perturbation`` (None if it does not say)."""
-    levels = record.get("levels")
-    if not isinstance(levels, list):
+    if not record.has("levels"):
         return None
-    values = ((record.get("perturbation_params") or {}).get(perturbation) or {}).get("values")
-    return sorted(int(lv) for lv in levels if values is None or int(lv) < len(values))
+    values = record.level_values(perturbation)
+    return sorted(int(lv) for lv in record.levels if values is None or int(lv) < len(values))
 
 
-def _levels_wanted(record: Mapping[str, Any], cells: Iterable[Cell], perturbations: Iterable[str],
+def _levels_wanted(record: RunRecord, cells: Iterable[Cell], perturbations: Iterable[str],
                    given: Mapping[str, list[int]] | None) -> dict[str, list[int]]:
     """Per perturbation, the levels its figure averages: the baseline's where it has them,
     else the run record's, else the levels on disk."""
@@ -195,9 +151,9 @@ def read_run_figures(run_dir: Path, expected: Mapping[str, Iterable[str]] | None
     are None and their cells listed in ``missing``."""
     run_dir = Path(run_dir)
     record = read_run(run_dir)
-    ids, cells = read_cells(run_dir, record)
+    ids, cells, absent = read_cells(run_dir, record)
     wanted: dict[str, list[str]] = {}
-    for cell in cells:
+    for cell in [*cells, *absent]:  # the record's cells too: a partial run lacks figures
         figs = wanted.setdefault(cell.model, [CLEAN_FIGURE])
         if not cell.is_clean and cell.perturbation not in figs:
             figs.append(cell.perturbation)
@@ -226,11 +182,11 @@ def read_run_figures(run_dir: Path, expected: Mapping[str, Iterable[str]] | None
 
 def _run_summary(run: RunFigures) -> dict:
     rec = run.record
-    weights = {m: (info or {}).get("sha256") for m, info in (rec.get("model_info") or {}).items()}
-    return {"run_dir": str(run.run_dir), "seed": rec.get("seed"), "runtime": rec.get("runtime"),
-            "hardware": rec.get("hardware"), "hardware_info": rec.get("hardware_info"),
-            "code_version": rec.get("code_version"), "data_fingerprint": rec.get("data_fingerprint"),
-            "started": rec.get("started"), "weights_sha256": weights}
+    weights = {m: info.sha256 if info is not None else None for m, info in rec.model_info.items()}
+    return {"run_dir": str(run.run_dir), "seed": rec.seed, "runtime": rec.runtime,
+            "hardware": rec.hardware, "hardware_info": rec.hardware_info,
+            "code_version": rec.code_version, "data_fingerprint": rec.data_fingerprint,
+            "started": rec.started, "weights_sha256": weights}
 
 
 def _same_sweep(runs: Sequence[RunFigures]) -> None:

@@ -52,11 +52,11 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..atomic import write_bytes_atomic
-from ..metrics import divide
+from ..metrics import SCORE_REDUCTION, divide
 from .baseline import (CLEAN_FIGURE, Baseline, BaselineFigure, RunFigures, baseline_json, build_baseline,
                        figure_label, load_baseline, read_run_figures, resolve_tolerance)
 from .fmt import DASH
-from .summary import DEFAULT_REFERENCE, SCORE_REDUCTION
+from .summary import DEFAULT_REFERENCE
 
 #: Failures named one by one in the error line; the table shows them all.
 SHOWN_FAILURES = 8
@@ -230,7 +230,9 @@ def compare(run: RunFigures, base: Baseline, tol: float,
         noise = run_noise(figs, base.n_runs, everyone)
         for fig in [*figs, *[f for f in now if f not in figs]]:
             b, x = figs.get(fig), now.get(fig)
-            if b is None:
+            if b is None and x is None and (model, fig) in run.missing:  # a partial run fails, baseline or not
+                out.append(Comparison(model, fig, None, None, "MISSING", why=_missing(run, model, fig)))
+            elif b is None:
                 out.append(Comparison(model, fig, None, x, "new"))
             elif x is None:
                 out.append(Comparison(model, fig, b, None, "MISSING", why=_missing(run, model, fig)))

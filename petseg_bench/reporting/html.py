@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
+from ..run_record import RunRecord
 from .document import Section
 
 TEMPLATE = "report.html.j2"
 
 
-def render_html(title: str, sections: Sequence[Section], run: Mapping[str, Any]) -> str:
+def render_html(title: str, sections: Sequence[Section], run: RunRecord) -> str:
     import jinja2
 
     # Autoescape on and StrictUndefined: every value is text, and a missing one fails loudly.

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..atomic import write_bytes_atomic
+from ..metrics import SCORE_REDUCTION
 from .fmt import axis_label
-from .summary import SCORE_REDUCTION
 
 
 def new_figure(width: float, height: float):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..run_record import RunRecord
 from .document import Callout, Figure, Gallery, Paragraph, Section
 from .fmt import DASH, level_ranges
-from .models import SEED_SOURCE, ModelView, label, robustness_notes
+from .model_views import SEED_SOURCE, ModelView, label, robustness_notes
 from .summary import REDUCTION_DESCRIPTIONS
 from .tables import (click_table, clean_table, family_table, per_class_table, provenance_tables, robustness_table,
                      score_tables)
@@ -16,7 +17,7 @@ VOID_TEXT = {"nearest": "filled from the nearest valid pixel (the seed's choice)
              "ignore": "ignored (left out of every confusion matrix)"}
 
 
-def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView],
+def build_sections(run: RunRecord, summary: Mapping[str, Any], models: Mapping[str, ModelView],
                    run_dir: Path, curve_paths: Mapping[str, Path], strip_paths: Mapping[str, Path],
                    strip_notes: Sequence[str], click_paths: Mapping[str, Path] | None = None) -> list[Section]:
     reduction = summary["scores"]["reduction"]
@@ -40,9 +41,19 @@ def build_sections(run: Mapping[str, Any], summary: Mapping[str, Any], models: M
     ]
     if summary.get("click_perturbations"):
         sections.insert(5, click_section(summary, models, run_dir, click_paths or {}))
+    if summary.get("breeds"):
+        sections.insert(3, breed_section(summary["breeds"], models))
     families = summary["scores"].get("families") or {}
     sections[4:4] = [family_section(fid, family, summary, models) for fid, family in families.items()]
     return sections
+
+
+def breed_section(breeds: Mapping[str, Any], models: Mapping[str, ModelView]) -> Section:
+    """How the breeds the training split represents well flatter each model."""
+    from .breed_tables import breed_table, per_breed_table
+
+    return Section("breeds", "Breeds: the well-represented ones against the rest",
+                   [breed_table(breeds, models), per_breed_table(breeds, models)])
 
 
 def family_section(family_id: str, family: Mapping[str, Any], summary: Mapping[str, Any],
@@ -78,26 +89,26 @@ def click_section(summary: Mapping[str, Any], models: Mapping[str, ModelView], r
                                                   *([Gallery(figures, "grid")] if figures else [])])
 
 
-def intro(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> str:
+def intro(run: RunRecord, summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> str:
     names = summary["models"]
     shown = ", ".join(m if label(models, m) == m else f"{label(models, m)} ({m})" for m in names)
-    perts, limit = summary["perturbations"], run.get("limit")
-    levels = run.get("levels") or sorted({lv for m in names for c in summary["curves"].get(m, {}).values()
+    perts, limit = summary["perturbations"], run.limit
+    levels = run.levels or sorted({lv for m in names for c in summary["curves"].get(m, {}).values()
                                           for lv in c["levels"] if lv > 0})
     return (
         f"Models: {shown}. Test images: {summary['n_images']}"
         + (f" (a seeded subset, --limit {limit})" if limit else "")
-        + f"; data fingerprint {run.get('data_fingerprint') or DASH}. "
+        + f"; data fingerprint {run.data_fingerprint or DASH}. "
         f"Perturbations ({len(perts)}): {', '.join(perts) or 'none'}; levels 0 (clean, computed once per model) "
-        f"and {level_ranges(levels)}; perturbation seed {run.get('seed', DASH)}. "
-        f"Void (border) pixels were {VOID_TEXT.get(run.get('void'), str(run.get('void')))}. "
+        f"and {level_ranges(levels)}; perturbation seed {run.seed if run.has('seed') else DASH}. "
+        f"Void (border) pixels were {VOID_TEXT.get(run.void, str(run.void))}. "
         f"Two reductions are reported: dataset ({REDUCTION_DESCRIPTIONS['dataset']}) and seed "
         f"({REDUCTION_DESCRIPTIONS['seed']}). Robustness figures use the {summary['scores']['reduction']} "
         f"reduction, as the seed study's robustness plots did. Metrics are computed at the original mask resolution."
     )
 
 
-def callouts(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> list[Callout]:
+def callouts(run: RunRecord, summary: Mapping[str, Any], models: Mapping[str, ModelView]) -> list[Callout]:
     """What a reader must know before comparing any number with the seed's."""
     out = []
     random = [v.label for v in models.values() if v.random_init]
@@ -107,12 +118,12 @@ def callouts(run: Mapping[str, Any], summary: Mapping[str, Any], models: Mapping
             f"Random-init backbone: not comparable with the seed's pretrained-backbone results. "
             f"{', '.join(random)} ran with randomly initialised backbone weights; their numbers say nothing "
             f"about what pretrained features would give.", "warning"))
-    for m, info in (run.get("model_info") or {}).items():
-        rule = (info or {}).get("eval_click_rule")
+    for m, info in run.model_info.items():
+        rule = info.eval_click_rule if info is not None else None
         if rule:
             out.append(Callout(f"{label(models, m)} takes a click as a prompt: its evaluation click is {rule}.",
                                "note"))
-    where = run.get("runtime") or run.get("hardware") or "this machine"
+    where = run.runtime or run.hardware or "this machine"
     out.append(Callout(
         f"Numbers labelled \"{SEED_SOURCE}\" are copied from the seed study. This run used "
         f"{summary['n_images']} test images on {where}; trained weights, data and hardware differ, so compare "

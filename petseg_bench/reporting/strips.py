@@ -21,7 +21,8 @@ import numpy as np
 from ..atomic import write_bytes_atomic
 from ..errors import one_line
 from ..labels import CLASS_NAMES
-from .models import ModelView, label
+from ..run_record import RunRecord
+from .model_views import ModelView, label
 
 STRIP_HEIGHT = 200  # thumbnail height in pixels when the strip shows the image alone (never upscaled)
 ROW_HEIGHT = 128  # thumbnail height with model rows under the image
@@ -75,7 +76,7 @@ class Grid:
         return cls(n_cols, n_rows, max(1, round(w * th / h)), th, legend=n_rows > 1)
 
 
-def example_strips(run: Mapping[str, Any], summary: Mapping[str, Any], plots_dir: Path,
+def example_strips(run: RunRecord, summary: Mapping[str, Any], plots_dir: Path,
                    data_root: Path | None, cache_dir: Path | None,
                    models: Mapping[str, ModelView] | None = None) -> tuple[dict[str, Path], list[str]]:
     """(perturbation -> strip PNG, notes for the report)."""
@@ -87,7 +88,7 @@ def example_strips(run: Mapping[str, Any], summary: Mapping[str, Any], plots_dir
     from ..plugins import get_registry
 
     perturbations = get_registry().perturbations
-    seed = int(run.get("seed") or 0)
+    seed = int(run.seed or 0)
     predictors, notes = _models(run, models or {}) if summary["perturbations"] else ({}, [])
     notes.insert(0, f"Test image {image_id}, perturbed with the run's seed {seed}: the pixels the models saw.")
     paths: dict[str, Path] = {}
@@ -115,7 +116,7 @@ def example_strips(run: Mapping[str, Any], summary: Mapping[str, Any], plots_dir
     return paths, notes
 
 
-def _models(run: Mapping[str, Any], models: Mapping[str, ModelView]) -> tuple[dict, list[str]]:
+def _models(run: RunRecord, models: Mapping[str, ModelView]) -> tuple[dict, list[str]]:
     """The run's models, loaded once for every strip, and the notes on them."""
     from ..engine.examples import example_runtime, load_run_models
 
@@ -162,23 +163,23 @@ def _levels_problem(levels: Sequence[float], recorded: Sequence[float | None] | 
     return None
 
 
-def _example_image(run: Mapping[str, Any], data_root: Path | None,
+def _example_image(run: RunRecord, data_root: Path | None,
                    cache_dir: Path | None) -> tuple[str, np.ndarray, np.ndarray] | str:
     """(image id, RGB array, ground truth) of the first run image in the data, or why there is none."""
-    root = data_root or (Path(run["data_root"]) if run.get("data_root") else None)
+    root = data_root or (Path(run.data_root) if run.data_root else None)
     if root is None:
         return "Example images skipped: no data folder given (pass --data-root to `petseg-bench report`)."
     try:
         from ..data.cache import prepare
 
-        test = prepare(Path(root), "test", run.get("void") or "nearest", cache_dir)
+        test = prepare(Path(root), "test", run.void or "nearest", cache_dir)
     except Exception as exc:  # noqa: BLE001
         return f"Example images skipped: the test split at {root} is not readable ({_describe(exc)})."
-    if run.get("data_fingerprint") and test.fingerprint != run["data_fingerprint"]:
+    if run.data_fingerprint and test.fingerprint != run.data_fingerprint:
         return (f"Example images skipped: the data at {root} (fingerprint {test.fingerprint}) is not the "
-                f"data this run used ({run['data_fingerprint']}).")
+                f"data this run used ({run.data_fingerprint}).")
     names = set(test.names)
-    image_id = next((i for i in run.get("image_ids", []) if i in names), None)
+    image_id = next((i for i in run.image_ids if i in names), None)
     if image_id is None:
         return f"Example images skipped: none of the run's test images is in {root}."
     pos = test.index_of([image_id])[0]

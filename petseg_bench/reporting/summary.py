@@ -36,16 +36,14 @@ import pandas as pd
 
 from ..errors import PetsegError
 from ..labels import CLASS_NAMES
-from ..metrics import BUILTIN_METRICS, REDUCTIONS, divide, json_float, mean_over_classes, reduce, summarize
-from ..results import CLEAN, load_run, matrices, read_run
-from .models import describe_models
+from ..metrics import BUILTIN_METRICS, REDUCTIONS, SCORE_REDUCTION, divide, json_float, mean_over_classes, reduce, summarize
+from ..results import CLEAN, RUN_FILE, RunFolder, RunRecord, frame_of, matrices, read_run_folder
+from .model_views import describe_models
 
 SCHEMA_VERSION = 1
-#: The reduction every robustness score uses (the seed study's robustness plots).
-SCORE_REDUCTION = "seed"
 #: The model corruption errors are normalised by unless told otherwise (ImageNet-C uses
 #: AlexNet, the plain baseline of its day; here the plain U-Net).
-DEFAULT_REFERENCE = "unet"
+DEFAULT_REFERENCE = None  # None: the installed model whose spec declares reference=True
 
 REDUCTION_DESCRIPTIONS = {
     "dataset": "confusion matrices summed over all test pixels, then scored per class",
@@ -173,10 +171,10 @@ def robustness_scores(clean: Mapping[str, float | None], curves: Mapping[str, Ma
     return out
 
 
-def perturbation_families(run: Mapping[str, Any], perturbations: Sequence[str]) -> dict[str, dict]:
+def perturbation_families(run: RunRecord | Mapping[str, Any], perturbations: Sequence[str]) -> dict[str, dict]:
     """``name -> {"family": id or None, "label": display name}``: as recorded in the run
     record, else as the installed plugin declares it (no family when it is not installed)."""
-    recorded = run.get("perturbation_families") or {}
+    recorded = RunRecord.of(run).perturbation_families
     specs: Mapping[str, Any] | None = None
     out = {}
     for p in perturbations:
@@ -252,19 +250,19 @@ def score_block(clean: Mapping[str, float | None], curves: Mapping[str, Mapping[
 
 # --- from the long table ------------------------------------------------------------------
 
-def run_order(df: pd.DataFrame, run: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+def run_order(df: pd.DataFrame, run: RunRecord) -> tuple[list[str], list[str]]:
     """Models and perturbations in the run record's order, then any others in the table."""
-    models = [m for m in run.get("models", []) if m in set(df["model"])]
+    models = [m for m in run.models if m in set(df["model"])]
     models += sorted(set(df["model"]) - set(models))
     perts_in_df = set(df["perturbation"]) - {CLEAN}
-    perts = [p for p in run.get("perturbations", []) if p in perts_in_df]
+    perts = [p for p in run.perturbations if p in perts_in_df]
     perts += sorted(perts_in_df - set(perts))
     return models, perts
 
 
-def level_values(run: Mapping[str, Any], df: pd.DataFrame, perturbation: str) -> tuple[str | None, dict[int, float]]:
+def level_values(run: RunRecord, df: pd.DataFrame, perturbation: str) -> tuple[str | None, dict[int, float]]:
     """(parameter name, level -> parameter value) from the run record, else from the cells."""
-    params = (run.get("perturbation_params") or {}).get(perturbation)
+    params = run.perturbation_params.get(perturbation)
     if params:
         return params.get("param"), {lv: float(v) for lv, v in enumerate(params.get("values", []))}
     rows = df[df["perturbation"] == perturbation][["level", "value"]].drop_duplicates("level")
@@ -286,7 +284,7 @@ def _model_curves(dm: pd.DataFrame, clean: dict | None, perts: Sequence[str]) ->
     return curves
 
 
-def _perturbation_info(run: Mapping[str, Any], df: pd.DataFrame, perts: Sequence[str]) -> dict:
+def _perturbation_info(run: RunRecord, df: pd.DataFrame, perts: Sequence[str]) -> dict:
     info = {}
     for p in perts:
         param, values = level_values(run, df, p)
@@ -294,16 +292,25 @@ def _perturbation_info(run: Mapping[str, Any], df: pd.DataFrame, perts: Sequence
     return info
 
 
-def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, boot_seed: int = 0,
+def build_summary(df: pd.DataFrame, run: RunRecord | Mapping[str, Any], n_boot: int = 500, boot_seed: int = 0,
                   reference_model: str = DEFAULT_REFERENCE) -> dict:
     """The whole summary (see the module docstring) as a JSON-ready dict."""
+    run = RunRecord.of(run)
+    if reference_model is None:
+        from ..plugins import get_registry
+
+        reference_model = get_registry().reference_model()
     models, perts = run_order(df, run)
     # Click perturbations (they move the click of models that take one) are kept out of
     # the pixel robustness figures: their curves are in "curves", listed apart.
-    click_set = set(run.get("click_perturbations") or [])
-    click_perts = [p for p in run.get("perturbations", []) if p in click_set]
+    click_set = set(run.click_perturbations)
+    click_perts = [p for p in run.perturbations if p in click_set]
     click_perts += [p for p in perts if p in click_set and p not in click_perts]
     perts = [p for p in perts if p not in click_set]
+    from .adversarial_section import adversarial_block, attack_perturbations, level_values_of
+
+    attacks = attack_perturbations(run, perts)  # per-model attacks: their own block, not corruptions
+    perts = [p for p in perts if p not in attacks]
     clean: dict[str, dict | None] = {}
     curves: dict[str, dict] = {}
     for m in models:
@@ -315,7 +322,7 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
     seed_clean = {m: (c[SCORE_REDUCTION]["mdice"] if c else None) for m, c in clean.items()}
     seed_curves = {m: {p: {lv: v[SCORE_REDUCTION] for lv, v in pts.items() if lv > 0} for p, pts in per.items()
                        if p not in click_set} for m, per in curves.items()}
-    return {
+    summary = {
         "schema": SCHEMA_VERSION,
         "classes": list(CLASS_NAMES),
         "models": models,
@@ -323,11 +330,11 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
         "model_labels": {m: views[m].describe() for m in models},
         "perturbations": perts,
         "click_perturbations": click_perts,
-        "click_off_foreground": run.get("click_off_foreground") or {},
+        "click_off_foreground": run.click_off_foreground,
         "perturbation_params": _perturbation_info(run, df, perts + click_perts),
-        "n_images": len(run.get("image_ids") or sorted(set(df["image_id"]))),
-        "seed": run.get("seed"),
-        "void": run.get("void"),
+        "n_images": len(run.image_ids or sorted(set(df["image_id"]))),
+        "seed": run.seed if run.has("seed") else None,
+        "void": run.void,
         "reductions": dict(REDUCTION_DESCRIPTIONS),
         "bootstrap": {"n_boot": n_boot, "seed": boot_seed, "level": 0.95, "over": "images"},
         "clean": clean,
@@ -335,15 +342,51 @@ def build_summary(df: pd.DataFrame, run: Mapping[str, Any], n_boot: int = 500, b
                        for p, pts in per.items()} for m, per in curves.items()},
         "scores": score_block(seed_clean, seed_curves, perts, reference_model, perturbation_families(run, perts)),
     }
+    if attacks:
+        summary["adversarial"] = adversarial_block(df, run, models, attacks, level_values_of(run, attacks, df))
+    if run.breed_groups:  # the training split's breed counts, recorded by the sweep
+        from ..data.breeds import BreedGroups
+        from .breed_tables import breed_summary
+
+        summary["breeds"] = breed_summary(df[df["model"].isin(models)], BreedGroups.from_dict(run.breed_groups), perts)
+    return summary
 
 
-def load_summary(run_dir: Path, n_boot: int = 500, reference_model: str = DEFAULT_REFERENCE) -> tuple[dict, dict]:
-    """(run record, summary) of the run folder ``run_dir``."""
-    run = read_run(run_dir)
-    df = load_run(run_dir)
-    if df.empty:
+def load_summary(run_dir: Path, n_boot: int = 500, reference_model: str = DEFAULT_REFERENCE,
+                 allow_partial: bool = True) -> tuple[RunRecord, dict]:
+    """(run record, summary) of the run folder ``run_dir``, read and checked whole
+    (:func:`petseg_bench.results.read_run_folder`). A run that lacks cells its record asks
+    for is an error unless ``allow_partial``; its summary then lists them under
+    ``missing_cells`` (paths relative to the run folder), a key only a partial run has."""
+    run_dir = Path(run_dir)
+    folder = read_run_folder(run_dir, inputs=_model_inputs)
+    if not folder.cells:
         raise PetsegError(f"{run_dir} has no finished cell yet; run or resume the sweep first")
-    return run, build_summary(df, run, n_boot=n_boot, reference_model=reference_model)
+    if folder.missing and not allow_partial:
+        raise PetsegError(partial_line(folder))
+    summary = build_summary(frame_of(folder.cells), folder.record, n_boot=n_boot, reference_model=reference_model)
+    if folder.missing:
+        summary["missing_cells"] = [str(p.relative_to(run_dir)) for p in folder.missing_paths()]
+    return folder.record, summary
+
+
+def partial_line(folder: RunFolder) -> str:
+    """One line: the run lacks cells (how many, the first) and how to go on."""
+    first, n = folder.missing_paths()[0], len(folder.missing)
+    more = f" and {n - 1} more" if n > 1 else ""
+    shards = folder.record.missing_shards
+    why = f" (shard{'s' if len(shards) > 1 else ''} {', '.join(shards)} missing)" if shards else ""
+    return (f"{folder.run_dir} is a partial run{why}: {n} of the cells its {RUN_FILE} asks for are absent ({first} "
+            f"not found{more}); finish it with `petseg-bench run ... --resume`, or pass --allow-partial to report "
+            f"what is there")
+
+
+def _model_inputs(model: str):
+    """A model's inputs from its installed plugin (None when not installed)."""
+    from ..plugins import get_registry
+
+    spec = get_registry().models.get(model)
+    return None if spec is None else spec.inputs
 
 
 def baseline_values(summary: Mapping[str, Any]) -> dict:

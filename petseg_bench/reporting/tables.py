@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..run_record import RunRecord
 from .document import Table
 from .fmt import DASH, axis_label, fixed, paper_figure, pct, with_ci
-from .models import PROVIDED_BASELINE, SEED_SOURCE, ModelView, label
+from .model_views import PROVIDED_BASELINE, SEED_SOURCE, ModelView, label
 
 
 def _paper_conditions(models: Mapping[str, ModelView], names: list[str]) -> str:
@@ -224,21 +225,21 @@ _NOT_COLUMNS = ("sha256", "eval_click_rule", "train_config", "val")
 _HEADERS = {"in_size": "input size"}
 
 
-def run_facts_table(run: Mapping[str, Any]) -> Table:
-    wall, rate = run.get("wall_seconds"), run.get("image_levels_per_s")
+def run_facts_table(run: RunRecord) -> Table:
+    wall, rate = run.wall_seconds, run.image_levels_per_s
     facts = [
-        ["code version", run.get("code_version", DASH)],
-        ["started", run.get("started", DASH)],
-        ["perturbation seed", run.get("seed", DASH)],
-        ["test images", f"{len(run.get('image_ids') or [])}" + (f" (--limit {run['limit']})" if run.get("limit") else "")],
-        ["data fingerprint", run.get("data_fingerprint") or DASH],
-        ["void handling", run.get("void", DASH)],
-        ["runtime", run.get("runtime", DASH)],
-        ["hardware", run.get("hardware", DASH)],
-        ["batch size", run.get("batch_size", DASH)],
+        ["code version", _shown(run.code_version)],
+        ["started", _shown(run.started)],
+        ["perturbation seed", run.seed if run.has("seed") else DASH],
+        ["test images", f"{len(run.image_ids)}" + (f" (--limit {run.limit})" if run.limit else "")],
+        ["data fingerprint", run.data_fingerprint or DASH],
+        ["void handling", _shown(run.void)],
+        ["runtime", _shown(run.runtime)],
+        ["hardware", _shown(run.hardware)],
+        ["batch size", _shown(run.batch_size)],
         ["wall time", DASH if wall is None else f"{wall:.1f} s"],
         ["throughput", DASH if rate is None else f"{rate:g} image-levels/s"],
-        ["cells computed in the last session", run.get("cells_computed", DASH)],
+        ["cells computed in the last session", _shown(run.cells_computed)],
     ]
     return Table(["item", "value"], [[k, str(v)] for k, v in facts], caption="Run", text_columns=2)
 
@@ -260,8 +261,13 @@ def _record_columns(infos: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], 
     return text, numbers
 
 
-def models_table(run: Mapping[str, Any], models: Mapping[str, ModelView]) -> Table:
-    infos = {m: info or {} for m, info in (run.get("model_info") or {}).items()}
+def _shown(value: Any) -> Any:
+    return DASH if value is None else value
+
+
+def models_table(run: RunRecord, models: Mapping[str, ModelView]) -> Table:
+    # Every recorded key is a candidate column (its JSON form: a plugin's keys too).
+    infos = {m: info.to_json() if info is not None else {} for m, info in run.model_info.items()}
     text, numbers = _record_columns(infos)
     rows = []
     for m, info in infos.items():
@@ -274,9 +280,9 @@ def models_table(run: Mapping[str, Any], models: Mapping[str, ModelView]) -> Tab
     return Table(headers, rows, caption="Models", text_columns=2 + len(text))
 
 
-def provenance_tables(run: Mapping[str, Any], models: Mapping[str, ModelView]) -> list[Table]:
+def provenance_tables(run: RunRecord, models: Mapping[str, ModelView]) -> list[Table]:
     out = [run_facts_table(run), models_table(run, models)]
-    packages = [[k, str(v)] for k, v in (run.get("packages") or {}).items()]
+    packages = [[k, str(v)] for k, v in (run.packages or {}).items()]
     if packages:
         out.append(Table(["package", "version"], packages, caption="Packages", text_columns=2))
     return out

@@ -14,13 +14,13 @@ from torch import nn
 
 from petseg_bench import hookimpl
 from petseg_bench.backbones import Backbone, Features, Preprocess
-from petseg_bench.specs import BackboneSpec, ModelConfig, ModelSpec
+from petseg_bench.specs import BackboneSpec, ModelConfig, ModelOption, ModelSpec
 
 
 class TinyFCN(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        width = config.base_channels
+        width = config.opt("width")
         self.net = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -80,7 +80,7 @@ def build_pool(argument: str) -> MeanPoolBackbone:
 @hookimpl
 def petseg_bench_models():
     return [ModelSpec(name="example_fcn", build=build, description="third-party example: 2-layer FCN",
-                      defaults={"base_channels": 8})]
+                      options=(ModelOption("width", 8, "channels of its two convolutions", flag="--width"),))]
 
 
 @hookimpl

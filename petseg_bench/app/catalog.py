@@ -44,7 +44,8 @@ def find_checkpoints(folder: Path | str) -> list[Choice]:
 def no_checkpoints_line(folder: Path | str) -> str:
     folder = Path(folder)
     where = "does not exist" if not folder.exists() else "holds no <model>/best.pt"
-    return (f"No checkpoints: {folder} {where}. Train one, e.g. `petseg-bench train unet --profile quick "
+    model = get_registry().reference_model() or "MODEL"
+    return (f"No checkpoints: {folder} {where}. Train one, e.g. `petseg-bench train {model} --profile quick "
             f"--out {folder}`, or start the app with --checkpoints DIR.")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from ..run_record import ModelInfo, RunRecord
 from ..specs import ModelSpec, PaperFigures
 
 #: How the tables name the seed study's columns.
@@ -57,17 +58,17 @@ def find_spec(name: str) -> ModelSpec | None:
     return get_registry().models.get(name)
 
 
-def describe_models(run: Mapping[str, Any], names: Iterable[str]) -> dict[str, ModelView]:
+def describe_models(run: RunRecord | Mapping[str, Any], names: Iterable[str]) -> dict[str, ModelView]:
     """A view of every model named, and of every model in the run record."""
-    infos = run.get("model_info") or {}
+    run = RunRecord.of(run)
     out: dict[str, ModelView] = {}
-    for name in [*names, *infos]:
+    for name in [*names, *run.model_info]:
         if name in out:
             continue
         spec = find_spec(name)
-        info = infos.get(name) or {}
-        out[name] = ModelView(name, spec.display if spec else name, info.get("backbone") or None,
-                              spec.paper if spec else None, info.get("encoder") or None)
+        info = run.info(name) or ModelInfo()
+        out[name] = ModelView(name, spec.display if spec else name, info.backbone or None,
+                              spec.paper if spec else None, info.encoder or None)
     return out
 
 

@@ -16,8 +16,10 @@ with the metadata from ``--model-opt`` (for files made elsewhere).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,28 @@ def export(source: Path, fmt: str, out: Path, model_opts: Mapping[str, Any] | No
     return Exported(out, float((got - want).abs().max()))
 
 
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence the process's stdout and stderr at the file-descriptor level: torch's ONNX
+    exporter logs its whole graph from C++ when an operator is unsupported, and the user
+    gets one line saying why instead."""
+    import sys
+    import tempfile
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def _to_onnx(wrapper: nn.Module, args: tuple, meta: Mapping[str, str]) -> bytes:
     try:
         import onnx
@@ -132,7 +156,7 @@ def _to_onnx(wrapper: nn.Module, args: tuple, meta: Mapping[str, str]) -> bytes:
         raise PetsegError("export --format onnx needs onnx: pip install 'petseg-bench[onnx]'") from None
     names = ["image", "point"][:len(args)]
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_fds():
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, args, buf, input_names=names, output_names=["logits"], opset_version=OPSET,
                           dynamic_axes={**{n: {0: "batch"} for n in names}, "logits": {0: "batch"}}, dynamo=False)
@@ -151,11 +175,11 @@ def set_onnx_meta(proto, meta: Mapping[str, str]) -> None:
 
 
 def _to_torchscript(wrapper: nn.Module, args: tuple, meta: Mapping[str, str]) -> bytes:
-    with warnings.catch_warnings():
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # tracer notes; jit.save's deprecation (the format still loads safely)
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, args, check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files={META_FILE: json.dumps(dict(meta))})
+        torch.jit.save(traced, buf, _extra_files={META_FILE: json.dumps(dict(meta))})
     return buf.getvalue()
 
 

@@ -247,6 +247,23 @@ def test_export_failure_is_one_line(ckpt_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_export_failure_keeps_the_exporters_own_log_out(ckpt_dir, tmp_path, monkeypatch, capfd):
+    """torch's exporter logs its whole graph from C++ (file descriptor 2) before it raises."""
+    import os
+
+    def noisy(*a, **k):
+        os.write(2, b"Torch IR graph at exception: graph(%image : Float(*, 3, 96, 96)) ...\n")
+        os.write(1, b"%5040 : Float(1, 3, 1, 1) = prim::Constant\n")
+        raise RuntimeError("Exporting the operator 'aten::_upsample_bicubic2d_aa' is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", noisy)
+    res = CliRunner().invoke(main, ["export", str(ckpt_dir / "unet" / "best.pt"), "--format", "onnx",
+                                    "--out", str(tmp_path / "x.onnx")])
+    assert "_upsample_bicubic2d_aa" in one_error_line(res.output)
+    leaked = capfd.readouterr()
+    assert "Torch IR graph" not in leaked.err and "prim::Constant" not in leaked.out
+
+
 # --------------------------------------------------------------------------- smp
 
 

@@ -181,7 +181,8 @@ class TrainConfig:
         if self.workers < 0:
             raise bad("workers", f"must be >= 0, got {self.workers}")
         if self.optimizer_impl == "fused" and self.optimizer not in FUSED_OPTIMIZERS:
-            raise bad("optimizer_impl", f"fused needs --optimizer {', '.join(FUSED_OPTIMIZERS)}, got {self.optimizer!r}")
+            raise bad("optimizer_impl", f"fused needs --optimizer {', '.join(FUSED_OPTIMIZERS)}, got {self.optimizer!r} "
+                                         f"(pass --optimizer-impl foreach with it)")
         if self.phase_epochs is not None:
             if not self.phase_epochs or not all(isinstance(e, numbers.Integral) and e >= 1 for e in self.phase_epochs):
                 raise bad("phase_epochs", f"needs whole numbers >= 1, one per training phase, got {list(self.phase_epochs)}")
@@ -266,13 +267,15 @@ PROFILES: dict[str, Profile] = {
     ),
     # Chosen by validation mIoU on a 2-core AMD EPYC (issue 15; see reports/reference/README.md):
     # class weights 1/1/1 beat the seed's 0.3/2.2/0.8 and the light augmentation beat the
-    # seed's six transforms for the pretrained encoder.
+    # seed's six transforms for the pretrained encoder. The fused AdamW step paid 1.00-1.24x
+    # over foreach for every reference model on the idle EPYC (benchmarks/README.md), at the
+    # cost of last-bit differences from the per-parameter step.
     "reference": Profile(
         "reference", "a 2-core CPU in about 2 hours for all models: full trainval, 160 px, 16 base channels, "
                      "15 epochs in one cosine cycle, class weights 1/1/1, light augmentation, unlabelled images "
                      "for mask-free phases; models add their own settings",
         train={"epochs": 15, "batch_size": 16, "lr": 1e-3, "restart_epochs": 15, "patience": 0, "unlabelled": "auto",
-               "class_weights": (1.0, 1.0, 1.0), "augment": "light"},
+               "class_weights": (1.0, 1.0, 1.0), "augment": "light", "optimizer_impl": "fused"},
         model={"in_size": 160}, options={"base_channels": 16},
     ),
 }

@@ -91,7 +91,7 @@ def test_fused_is_close_but_an_option():
 
 
 def test_fused_rmsprop_is_refused_in_one_line():
-    with pytest.raises(PetsegError, match="^--optimizer-impl fused needs --optimizer adamw, adam, sgd, got 'rmsprop'$"):
+    with pytest.raises(PetsegError, match="^--optimizer-impl fused needs --optimizer adamw, adam, sgd, got 'rmsprop' \(pass --optimizer-impl foreach with it\)$"):
         tiny_cfg(optimizer="rmsprop", optimizer_impl="fused").validate()
 
 

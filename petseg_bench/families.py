@@ -239,3 +239,31 @@ def spec_norm(meta: Mapping[str, str]) -> tuple[tuple, tuple]:
     if (meta.get("channel_order") or "RGB").upper() == "BGR":
         mean, std = mean[::-1], std[::-1]
     return mean, std
+
+
+def model_file(key: str, argument: str) -> Path:
+    """The file a model-file key names; one line when there is none."""
+    path = Path(argument)
+    if not argument or not path.is_file():
+        raise PetsegError(f"{key}: no such file")
+    return path
+
+
+def model_file_spec(key: str, path: Path, meta: Mapping[str, str], inputs: tuple[str, ...],
+                    static_size: int | None, kind: str, make: Callable) -> "ModelSpec":
+    """The spec of a model file: label, inputs, normalisation and options from its
+    metadata; ``make(config, mean, std)`` builds the module that runs it."""
+    from .specs import ModelSpec
+
+    mean, std = spec_norm(meta)
+    return ModelSpec(
+        name=key.partition(":")[0],
+        label=f"{meta['label']} ({kind} {path.name})" if meta.get("label") else key,
+        build=lambda config: make(config, mean, std),
+        description=f"{kind} model {path}",
+        inputs=inputs,
+        mean=mean,
+        std=std,
+        options=file_model_options(meta, static_size),
+        prepare_options=check_file_options(key, tag_fix(key)),
+    )

@@ -20,8 +20,7 @@ from torch import nn
 
 from petseg_bench import hookimpl
 from petseg_bench.errors import PetsegError
-from petseg_bench.families import (META_KEYS, ModelFamilySpec, check_file_options, file_model_options,
-                                   renormaliser, spec_norm, tag_fix)
+from petseg_bench.families import META_KEYS, ModelFamilySpec, model_file, model_file_spec, renormaliser
 from petseg_bench.specs import ModelConfig, ModelSpec
 
 INSTALL = "onnxruntime is not installed: pip install 'petseg-bench[onnx]'"
@@ -132,23 +131,10 @@ class OnnxModel(nn.Module):
 
 def build_spec(argument: str) -> ModelSpec:
     key = f"onnx:{argument}"
-    path = Path(argument)
-    if not argument or not path.is_file():
-        raise PetsegError(f"{key}: no such file")
+    path = model_file(key, argument)
     inputs, _, static = check_io(key, session(path))
-    meta = read_meta(path)
-    mean, std = spec_norm(meta)
-    return ModelSpec(
-        name="onnx",
-        label=f"{meta['label']} (ONNX {path.name})" if meta.get("label") else key,
-        build=lambda config: OnnxModel(key, path, config, mean, std),
-        description=f"ONNX model {path}",
-        inputs=inputs,
-        mean=mean,
-        std=std,
-        options=file_model_options(meta, static),
-        prepare_options=check_file_options(key, tag_fix(key)),
-    )
+    return model_file_spec(key, path, read_meta(path), inputs, static, "ONNX",
+                           lambda config, mean, std: OnnxModel(key, path, config, mean, std))
 
 
 @hookimpl

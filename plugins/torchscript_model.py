@@ -18,8 +18,8 @@ from torch import nn
 
 from petseg_bench import hookimpl
 from petseg_bench.errors import PetsegError, one_line
-from petseg_bench.families import (META_FILE, META_KEYS, ModelFamilySpec, check_file_options, file_model_options,
-                                   meta_from_json, renormaliser, spec_norm, tag_fix)
+from petseg_bench.families import (META_FILE, META_KEYS, ModelFamilySpec, meta_from_json, model_file, model_file_spec,
+                                   renormaliser)
 from petseg_bench.specs import ModelConfig, ModelSpec
 
 _LOCK = threading.Lock()
@@ -86,23 +86,10 @@ class ScriptedModel(nn.Module):
 
 def build_spec(argument: str) -> ModelSpec:
     key = f"torchscript:{argument}"
-    path = Path(argument)
-    if not argument or not path.is_file():
-        raise PetsegError(f"{key}: no such file")
+    path = model_file(key, argument)
     module, meta = load(path)
-    inputs = arity(key, module)
-    mean, std = spec_norm(meta)
-    return ModelSpec(
-        name="torchscript",
-        label=f"{meta['label']} (TorchScript {path.name})" if meta.get("label") else key,
-        build=lambda config: ScriptedModel(key, path, config, mean, std),
-        description=f"TorchScript model {path}",
-        inputs=inputs,
-        mean=mean,
-        std=std,
-        options=file_model_options(meta, None),
-        prepare_options=check_file_options(key, tag_fix(key)),
-    )
+    return model_file_spec(key, path, meta, arity(key, module), None, "TorchScript",
+                           lambda config, mean, std: ScriptedModel(key, path, config, mean, std))
 
 
 @hookimpl

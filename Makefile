@@ -44,6 +44,9 @@ $(BIN)/.installed: pyproject.toml
 	# from landing over opencv-python-headless: the library works with either.
 	$(BIN)/python -m pip install --quiet --no-deps 'imagecorruptions-imaug>=1.1.5,<1.2'
 	$(BIN)/python -m pip install --quiet numba
+	# torchattacks, for the adversarial tests' cross-check of PGD; --no-deps, as its pin of
+	# requests~=2.25 would downgrade requests (it imports without it).
+	$(BIN)/python -m pip install --quiet --no-deps 'torchattacks>=3.5,<4'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -27,25 +27,9 @@ from petseg_bench.options import FiniteFloat, FiniteFloatList
 from petseg_bench.paths import clash
 from petseg_bench.results import RUN_FILE, Cell
 
-from conftest import quiet, train, write_dataset
-from test_bad_input import SIZE, TINY, Cli, error_line, invoke, tiny_cfg
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("pets") / "pets", n_cat=3, n_dog=3, size=SIZE)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("prepared")
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, data_root, cache_dir) -> Path:
-    out = tmp_path_factory.mktemp("checkpoints")
-    train("unet", tiny_cfg(), TINY, data_root, out, cache_dir=cache_dir, log=quiet)
-    return out
+from conftest import write_dataset
+# The bad-input tests' module fixtures (a tiny dataset, its cache, a one-epoch unet), shared.
+from test_bad_input import SIZE, TINY, Cli, cache_dir, ckpts, data_root, error_line, invoke, tiny_cfg  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Per-cell cost of a sweep of every model, for the README's full-dataset estimate.
+"""Per-cell cost of a sweep of every model, for the full-dataset estimate in docs/performance.md.
 
 Untrained checkpoints of every registered model at a profile (``bench_checkpoints``: cost
 does not depend on the weights), swept together by the one engine (``run_sweep``, local
